@@ -17,7 +17,8 @@ def models_command() -> None:
     from .models import cache_dir, registry_rows
 
     table = Table(title=f"Model registry (cache: {cache_dir()})")
-    for col in ("name", "cached", "offline source", "hub id", "description"):
+    table.add_column("name", no_wrap=True)
+    for col in ("cached", "offline source", "hub id", "description"):
         table.add_column(col)
     for r in registry_rows():
         table.add_row(r["name"], "yes" if r["cached"] else "no", r["offline"], r["hub_id"], r["description"])

@@ -247,6 +247,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
     print(f"[rational] converting {gguf_path.name} to safetensors (once) ...", file=sys.stderr)
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
@@ -369,8 +370,18 @@ def _hub_error(spec: str, err: Exception) -> UserError:
                      f"[{type(err).__name__}]; offline registry names: {offline}")
 
 
+def quiet_transformers() -> None:
+    """Silence per-load progress bars ("Loading weights", "Writing model shards"); ours show progress instead."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
+
+    quiet_transformers()
 
     try:
         tok = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
@@ -388,6 +399,7 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
 def load_model(resolved: ResolvedModel, dtype="auto", device: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
+    quiet_transformers()
     device = device or pick_device()
     torch_dtype = pick_dtype(dtype, device) if isinstance(dtype, str) else dtype
     try:
@@ -432,6 +444,8 @@ def stop_token_ids(tokenizer) -> list[int]:
 def load_model_and_tokenizer(spec: str, adapter: str | Path | None = None, dtype="auto", device: str | None = None,
                              trust_remote_code: bool = False, merge_adapter: bool = True):
     """Resolve `spec`, load model (+ optional adapter) and tokenizer ready for generation."""
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
     resolved = resolve(spec)
     tokenizer = load_tokenizer(resolved, trust_remote_code)
     model = load_model(resolved, dtype, device, trust_remote_code)

@@ -47,6 +47,10 @@ def build_tiny_random(out_dir: str | Path, seed: int = 0) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+    from .models import quiet_transformers
+
+    quiet_transformers()
+
     # A byte-level BPE tokenizer trained on a few sentences: every string is encodable.
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -1,0 +1,55 @@
+from rational.reasoning import (
+    EMPTY_ANSWER, EXTRA_TAGS, MISSING, MISSING_OPEN, NESTED, OK, TEXT_BEFORE, UNCLOSED, ReasoningFormat,
+    extract_decision, final_answer, format_output, format_sections, has_all_sections, parse_output,
+)
+
+
+def test_round_trip():
+    text = format_output("Intent: bake bread.\nDecision: comply", "Mix flour and water.")
+    assert text.startswith("<think>\n") and "</think>\n\nMix" in text
+    p = parse_output(text)
+    assert p.status == OK and p.well_formed
+    assert p.reasoning == "Intent: bake bread.\nDecision: comply"
+    assert p.answer == "Mix flour and water."
+
+
+def test_missing_tags_is_plain_answer():
+    p = parse_output("Just an answer.")
+    assert p.status == MISSING and p.reasoning is None and p.answer == "Just an answer."
+    assert not p.well_formed
+
+
+def test_unclosed_means_no_answer():
+    p = parse_output("<think>\nIntent: something and then the tokens ran o")
+    assert p.status == UNCLOSED and p.answer == "" and p.reasoning.startswith("Intent")
+
+
+def test_nested_and_extra_and_text_before():
+    assert parse_output("<think>a <think> b</think>\n\nans").status == NESTED
+    assert parse_output("<think>a</think>\n\nans </think>").status == EXTRA_TAGS
+    assert parse_output("hello <think>a</think>\n\nans").status == TEXT_BEFORE
+    assert parse_output("<think>a</think>").status == EMPTY_ANSWER
+
+
+def test_close_without_open():
+    p = parse_output("Intent: x\nDecision: decline</think>\n\nNo.")
+    assert p.status == MISSING_OPEN and p.answer == "No." and p.reasoning.endswith("decline")
+
+
+def test_custom_tags_and_garbage_never_raise():
+    fmt = ReasoningFormat("[R]", "[/R]")
+    assert parse_output("[R]why[/R]\n\nok", fmt).status == OK
+    for junk in ["", None, "</think><think>", "<think>" * 3, "\x00\x01"]:
+        parse_output(junk)  # must not raise
+    assert final_answer("<think>x</think>\n\nthe answer") == "the answer"
+
+
+def test_decision_and_sections():
+    body = format_sections({"Intent": "learn", "Context and ethics": "fine", "Potential impact": "none",
+                            "Decision": "comply"})
+    assert has_all_sections(body) and extract_decision(body) == "comply"
+    assert extract_decision("Intent: harm\nDecision: decline, and redirect") == "decline"
+    assert extract_decision("Decision: I will not help with this") == "decline"
+    assert extract_decision("no decision stated") is None
+    assert extract_decision(None) is None
+    assert not has_all_sections("Intent: only this")
