@@ -1,7 +1,751 @@
-"""Placeholder: `rational train` is being built (see the issue tracker)."""
+"""`rational train`: supervised fine-tuning on safety rationales with TRL (LoRA or full), plus baselines.
+
+What happens, in order (`run_train`):
+
+1. **Read and check the data** (`load_records`). `sft.jsonl` holds conversational prompt-completion records::
+
+       {"prompt": [{"role": "user", "content": "..."}],
+        "completion": [{"role": "assistant", "content": "<think>\\n...\\n</think>\\n\\n..."}],
+        "meta": {"kind": "harmful" | "adversarial" | "benign", ...}}
+
+   Every problem (a missing column, an empty file, unclosed reasoning tags, ...) is one `UserError` line that
+   names the file and line. `meta` is dropped before training; its `kind` is only counted in the metrics.
+2. **Apply the method's target transform** (`BASELINES`). The Rational method trains on the completions as they
+   are (reasoning + answer). The `refusal-sft` baseline keeps the same prompts but strips the reasoning, so the
+   comparison uses the same candidate pool.
+3. **Build a TRL `SFTTrainer`** (`build_trainer`): the model is loaded with `from_pretrained(dtype=...)`, LoRA goes
+   through `peft_config=LoraConfig(target_modules="all-linear")`. Loss is on the completion only: TRL tokenizes
+   `prompt` with the generation prompt and `prompt + completion`, and masks the prompt tokens with -100
+   (`completion_only_loss=True`). No system prompt is added by us. Note that some chat templates add one of
+   their own when none is given (Qwen2.5: "You are Qwen, created by Alibaba Cloud. ..."); the same template is
+   used at inference by `rational chat` / the generation engine, so training and inference see the same text.
+4. **Train** with checkpoints every `save_steps` in `OUT/checkpoints`; `resume=True` continues from the last one
+   (`trainer.train(resume_from_checkpoint=...)` restores weights, optimizer, scheduler, RNG and data position).
+5. **Write artifacts**: `OUT/adapter/` (LoRA) or `OUT/model/` (full), optional `OUT/merged/`,
+   `OUT/train_metrics.json`, `OUT/config.yaml`. The adapter/model folder is renamed into place last, so its
+   presence (`is_trained`) means the stage finished.
+
+Scale-out works like `trl sft`: `--accelerate-config NAME|PATH` re-launches this same module under
+`accelerate launch` with a packaged profile (`accelerate_configs/*.yaml`). The training code is plain `Trainer`
+code, so DDP, FSDP2 and DeepSpeed ZeRO-3 come from accelerate, not from us.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import typer
 
 from .errors import UserError
+from .models import DEFAULT_MODEL
+from .reasoning import ReasoningFormat, parse_output
+
+METHODS = ("lora", "full")
+TRUNCATION_MODES = ("truncate", "drop")
+# Prompt kinds whose correct behaviour is to decline (the rest, e.g. "benign", should be answered).
+DECLINE_KINDS = frozenset({"harmful", "adversarial", "jailbreak", "unsafe"})
+# The fixed target used by refusal-sft when a harmful/adversarial record has no usable plain answer.
+PLAIN_REFUSAL = "I'm sorry, but I can't help with that request."
+PROFILES = ("single_gpu", "ddp", "fsdp2", "zero3")
+PROFILE_ALIASES = {"multi_gpu": "ddp", "fsdp": "fsdp2", "deepspeed": "zero3"}
 
 
-def train_command() -> None:
-    raise UserError("rational train is not implemented yet")
+@dataclass
+class TrainConfig:
+    """Everything `rational train` needs. Names follow TRL's `SFTConfig` where one exists."""
+
+    model: str = DEFAULT_MODEL
+    data: str = ""  # sft.jsonl written by `rational generate` (or any file in that format)
+    out: str = ""  # output folder (TRL: output_dir); checkpoints go to OUT/checkpoints
+    method: str = "lora"  # "lora" | "full"
+    baseline: str | None = None  # None = Rational (reasoning + answer); "refusal-sft" = answers only
+    epochs: float = 2.0  # SFTConfig.num_train_epochs
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float | None = None  # None: 2e-4 for LoRA, 2e-5 for full fine-tuning (the usual 10x rule)
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_length: int = 1024  # tokens of prompt + completion
+    truncation: str = "truncate"  # longer sequences: "truncate" (keep the start) or "drop"; counted in metrics
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str | list[str] = "all-linear"  # or a list / comma-separated names, e.g. q_proj,v_proj
+    dtype: str = "auto"  # auto: bf16 on a GPU or a CPU with native bf16, else fp32
+    gradient_checkpointing: bool | None = None  # None: on for GPU, off for CPU (it only costs time there)
+    attn_implementation: str | None = None  # None: transformers' default (sdpa); flash_attention_2 for padding-free
+    packing: bool = False  # TRL BFD packing; needs a flash-attention implementation
+    padding_free: bool = False  # needs a flash-attention implementation
+    save_steps: int = 50
+    save_total_limit: int | None = 2
+    logging_steps: int = 1
+    seed: int = 0
+    warmup_ratio: float = 0.03  # SFTConfig.warmup_steps accepts a fraction of the total steps
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    report_to: str = "none"  # "none" | "wandb" | "trackio" | "tensorboard"; no network calls unless asked
+    resume: bool = False  # continue from the last checkpoint in OUT/checkpoints (fresh start if none)
+    overwrite: bool = False  # delete a finished OUT/adapter (or model) and train again
+    merge: bool = False  # also write OUT/merged: base + adapter merged, loadable by plain transformers
+    accelerate_config: str | None = None  # profile name (single_gpu, ddp, fsdp2, zero3) or a YAML path
+    num_processes: int | None = None  # overrides the profile's process count
+    reasoning_open: str = "<think>"
+    reasoning_close: str = "</think>"
+
+    @property
+    def fmt(self) -> ReasoningFormat:
+        return ReasoningFormat(self.reasoning_open, self.reasoning_close)
+
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return float(self.learning_rate)
+        return 2e-4 if self.method == "lora" else 2e-5
+
+    def target_modules(self) -> str | list[str]:
+        t = self.lora_target_modules
+        if isinstance(t, str):
+            return t if t == "all-linear" else [s.strip() for s in t.split(",") if s.strip()]
+        return list(t)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class Prepared:
+    """The records ready for TRL plus the counts that go into train_metrics.json."""
+
+    records: list[dict[str, Any]]  # {"prompt": [...], "completion": [...]} only
+    kinds: list[str]  # meta.kind per record (parallel to records)
+    counts: dict[str, Any]
+
+
+def _as_messages(value: Any, role: str) -> list[dict[str, str]] | None:
+    """Accept a chat (list of {role, content}) or a plain string (wrapped as one message); None if neither."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and value and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    ):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    return None
+
+
+def load_records(path: str | Path, check_reasoning: bool = True,
+                 fmt: ReasoningFormat | None = None) -> tuple[list[dict], list[str]]:
+    """Read `sft.jsonl` and validate every line. Returns (records without meta, kinds).
+
+    We read the file line by line (not through `datasets.load_dataset`) so that every error names the exact line
+    number, and so that a `meta` column of mixed types never trips Arrow's schema inference.
+    """
+    fmt = fmt or ReasoningFormat()
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: data file not found; pass the sft.jsonl written by `rational generate` to --data")
+    records, kinds = [], []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{lineno}: each line must be a JSON object with 'prompt' and 'completion'")
+            for column in ("prompt", "completion"):
+                if column not in row:
+                    raise UserError(f"{path}:{lineno}: missing column '{column}'; every record needs 'prompt' and "
+                                    "'completion' (conversational prompt-completion format)")
+            prompt = _as_messages(row["prompt"], "user")
+            completion = _as_messages(row["completion"], "assistant")
+            if prompt is None or completion is None:
+                bad = "prompt" if prompt is None else "completion"
+                raise UserError(f"{path}:{lineno}: column '{bad}' must be a non-empty list of "
+                                "{'role', 'content'} messages or a string")
+            if any(m["role"] == "system" for m in prompt):
+                raise UserError(f"{path}:{lineno}: prompt has a system message; Rational trains without a system "
+                                "prompt (the reasoning must not depend on it), so remove it")
+            if completion[-1]["role"] != "assistant":
+                raise UserError(f"{path}:{lineno}: the completion must end with an assistant message")
+            if check_reasoning:
+                parsed = parse_output(completion[-1]["content"], fmt)
+                if not parsed.well_formed:
+                    raise UserError(
+                        f"{path}:{lineno}: completion has malformed reasoning ({parsed.status}); it must be "
+                        f"'{fmt.open_tag} reasoning {fmt.close_tag} answer' with both parts non-empty")
+            meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+            kinds.append(str(meta.get("kind") or "unknown"))
+            records.append({"prompt": prompt, "completion": completion})
+    if not records:
+        raise UserError(f"{path}: the dataset is empty; run `rational generate` first or pass another file")
+    return records, kinds
+
+
+def _refusal_sft(record: dict, kind: str, fmt: ReasoningFormat) -> tuple[dict | None, str]:
+    """refusal-sft target: the final answer without the reasoning block (the "rigid refusal" baseline).
+
+    Harmful/adversarial records keep their plain answer (a refusal) or, when there is none, get a fixed refusal.
+    Benign records keep their plain answer; without one they are dropped (we must not invent an answer).
+    Returns (record or None, what happened).
+    """
+    text = record["completion"][-1]["content"]
+    parsed = parse_output(text, fmt)
+    answer = parsed.answer.strip()
+    # A record with no kind: trust the reasoning's own decision to tell refusals from answers.
+    from .reasoning import extract_decision
+
+    declines = kind in DECLINE_KINDS or (kind == "unknown" and extract_decision(parsed.reasoning) == "decline")
+    if not answer or fmt.open_tag in answer or fmt.close_tag in answer:
+        if not declines:
+            return None, "dropped_empty_answer"
+        answer, what = PLAIN_REFUSAL, "fixed_refusal"
+    else:
+        what = "plain_answer"
+    completion = record["completion"][:-1] + [{"role": "assistant", "content": answer}]
+    return {"prompt": record["prompt"], "completion": completion}, what
+
+
+# Baseline name -> target transform (record, kind, fmt) -> (new record or None to drop, outcome label).
+# Extension point: another SFT-style baseline only needs a transform here. A circuit-breaker (representation
+# rerouting) baseline needs a different *loss* (and a retain set), i.e. its own Trainer subclass; it does not fit
+# this table and is deliberately not built.
+BASELINES: dict[str, Callable[[dict, str, ReasoningFormat], tuple[dict | None, str]]] = {
+    "refusal-sft": _refusal_sft,
+}
+
+
+def prepare_records(cfg: TrainConfig) -> Prepared:
+    """Load, validate and transform the records for the configured method/baseline."""
+    if cfg.baseline is not None and cfg.baseline not in BASELINES:
+        raise UserError(f"unknown baseline '{cfg.baseline}'; use one of: {', '.join(BASELINES)} (or none)")
+    # Reasoning tags are only required when we train on them (the Rational method).
+    records, kinds = load_records(cfg.data, check_reasoning=cfg.baseline is None, fmt=cfg.fmt)
+    counts: dict[str, Any] = {"records_in_file": len(records), "by_kind_in_file": dict(Counter(kinds))}
+    if cfg.baseline is not None:
+        transform = BASELINES[cfg.baseline]
+        out_records, out_kinds, outcomes = [], [], Counter()
+        for rec, kind in zip(records, kinds):
+            new, what = transform(rec, kind, cfg.fmt)
+            outcomes[what] += 1
+            if new is not None:
+                out_records.append(new)
+                out_kinds.append(kind)
+        counts["baseline_outcomes"] = dict(outcomes)
+        records, kinds = out_records, out_kinds
+        if not records:
+            raise UserError(f"{cfg.data}: no record is left for baseline '{cfg.baseline}' (all answers empty)")
+    return Prepared(records, kinds, counts)
+
+
+def _apply_length_policy(prepared: Prepared, tokenizer, cfg: TrainConfig) -> Prepared:
+    """Count (and for truncation="drop", remove) sequences longer than max_length, by kind.
+
+    TRL truncates with keep_start and silently drops examples whose prompt alone fills max_length (no completion
+    token would be left to learn from). We measure lengths ourselves with the same chat template so both cases are
+    counted, and so "drop" can remove over-long examples instead of training on a cut-off reasoning.
+    """
+    def ids(messages, **kw):
+        out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kw)
+        return out["input_ids"]
+
+    keep_records, keep_kinds = [], []
+    truncated, dropped, no_room = Counter(), Counter(), Counter()
+    n_tokens = 0
+    for rec, kind in zip(prepared.records, prepared.kinds):
+        full = len(ids(rec["prompt"] + rec["completion"]))
+        prompt = len(ids(rec["prompt"], add_generation_prompt=True))
+        if prompt >= cfg.max_length:
+            no_room[kind] += 1
+            continue
+        if full > cfg.max_length:
+            if cfg.truncation == "drop":
+                dropped[kind] += 1
+                continue
+            truncated[kind] += 1
+        n_tokens += min(full, cfg.max_length)
+        keep_records.append(rec)
+        keep_kinds.append(kind)
+    counts = dict(prepared.counts)
+    counts.update({
+        "examples": len(keep_records),
+        "by_kind": dict(Counter(keep_kinds)),
+        "truncated": sum(truncated.values()), "truncated_by_kind": dict(truncated),
+        "dropped_too_long": sum(dropped.values()), "dropped_too_long_by_kind": dict(dropped),
+        "dropped_prompt_fills_max_length": sum(no_room.values()),
+        "tokens_per_epoch": n_tokens,
+    })
+    if not keep_records:
+        raise UserError(f"{cfg.data}: every example is longer than max_length={cfg.max_length} tokens; "
+                        "raise --max-length or use --truncation truncate")
+    return Prepared(keep_records, keep_kinds, counts)
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    if not cfg.data:
+        raise UserError("no training data; pass --data sft.jsonl (or set train.data in the recipe)")
+    if not cfg.out:
+        raise UserError("no output folder; pass --out DIR (or set train.out in the recipe)")
+    if cfg.method not in METHODS:
+        raise UserError(f"unknown method '{cfg.method}'; use lora or full")
+    if cfg.truncation not in TRUNCATION_MODES:
+        raise UserError(f"unknown truncation '{cfg.truncation}'; use truncate or drop")
+    if cfg.merge and cfg.method != "lora":
+        raise UserError("--merge applies to LoRA adapters; a full fine-tune is already a complete model in OUT/model")
+    for name in ("max_length", "per_device_train_batch_size", "gradient_accumulation_steps", "save_steps",
+                 "logging_steps", "lora_r"):
+        if int(getattr(cfg, name)) < 1:
+            raise UserError(f"'{name}' must be at least 1 (got {getattr(cfg, name)})")
+    if (cfg.packing or cfg.padding_free) and "flash" not in (cfg.attn_implementation or ""):
+        raise UserError("packing/padding_free need a flash-attention kernel (e.g. --attn-implementation "
+                        "flash_attention_2 on a GPU); without it sequences would attend across examples")
+
+
+def _check_lora_targets(model, targets: str | list[str]) -> None:
+    """A LoRA target that matches no module of the model is a user error, listing what exists."""
+    if targets == "all-linear":
+        return
+    import torch
+
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    suffixes = sorted({n.split(".")[-1] for n in names})
+    for t in targets:
+        if not any(n == t or n.endswith("." + t) for n in names):
+            raise UserError(f"LoRA target module '{t}' is not in the model; available linear modules: "
+                            f"{', '.join(suffixes)} (or use all-linear)")
+
+
+def artifact_dir(out: str | Path, method: str = "lora") -> Path:
+    return Path(out) / ("adapter" if method == "lora" else "model")
+
+
+def is_trained(out: str | Path) -> bool:
+    """True when OUT holds a finished training run (adapter or full model written, renamed into place last)."""
+    out = Path(out)
+    return (out / "adapter" / "adapter_config.json").is_file() or (out / "model" / "config.json").is_file()
+
+
+def _in_distributed_child() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "LOCAL_RANK" in os.environ
+
+
+# ------------------------------------------------------------------------------------------- trainer
+
+
+def _sft_config(cfg: TrainConfig, torch_dtype, device: str):
+    import torch
+    from trl import SFTConfig
+
+    on_gpu = device.startswith("cuda")
+    gc = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else on_gpu
+    return SFTConfig(
+        output_dir=str(Path(cfg.out) / "checkpoints"),
+        num_train_epochs=float(cfg.epochs),
+        max_steps=int(cfg.max_steps),
+        learning_rate=cfg.lr(),
+        per_device_train_batch_size=int(cfg.per_device_train_batch_size),
+        gradient_accumulation_steps=int(cfg.gradient_accumulation_steps),
+        max_length=int(cfg.max_length),
+        truncation_mode="keep_start",
+        # Loss on the completion (reasoning + answer) only, never on the prompt. Explicit, not TRL's automatic mode.
+        completion_only_loss=True,
+        assistant_only_loss=False,
+        packing=bool(cfg.packing),
+        padding_free=bool(cfg.padding_free),
+        # Mixed precision follows the weights' dtype; fp32 weights train in fp32.
+        bf16=torch_dtype == torch.bfloat16,
+        fp16=torch_dtype == torch.float16,
+        # transformers 5 renamed gradient_checkpointing -> activation_checkpointing (TRL's default is on).
+        activation_checkpointing=gc,
+        activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        save_strategy="steps",
+        save_steps=int(cfg.save_steps),
+        save_total_limit=cfg.save_total_limit,
+        logging_steps=int(cfg.logging_steps),
+        seed=int(cfg.seed),
+        data_seed=int(cfg.seed),
+        warmup_steps=float(cfg.warmup_ratio),
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=float(cfg.weight_decay),
+        report_to=cfg.report_to,
+        # On a machine without CUDA, DDP under `accelerate launch` runs over gloo only when asked for the CPU.
+        use_cpu=not on_gpu,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+        disable_tqdm=not sys.stderr.isatty(),
+    )
+
+
+def build_trainer(cfg: TrainConfig, prepared: Prepared | None = None):
+    """Load model + tokenizer and return `(trainer, prepared)`; nothing is trained yet.
+
+    Split from `run_train` so tests (and curious users) can inspect `trainer.train_dataset` — the exact
+    input_ids/labels TRL will train on — before training.
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, set_seed
+    from trl import SFTTrainer
+
+    from .models import load_tokenizer, pick_device, pick_dtype, resolve
+
+    _check_config(cfg)
+    prepared = prepared or prepare_records(cfg)
+    resolved = resolve(cfg.model)
+    tokenizer = load_tokenizer(resolved)
+    prepared = _apply_length_policy(prepared, tokenizer, cfg)
+
+    device = pick_device()
+    torch_dtype = pick_dtype(cfg.dtype, device)
+    set_seed(int(cfg.seed))  # LoRA init and dropout draw from this
+    kwargs = {"dtype": torch_dtype}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+    except OSError as e:
+        raise UserError(f"{resolved.spec}: could not load the model ({str(e).splitlines()[0][:200]})") from None
+
+    peft_config = None
+    if cfg.method == "lora":
+        from peft import LoraConfig
+
+        targets = cfg.target_modules()
+        _check_lora_targets(model, targets)
+        peft_config = LoraConfig(r=int(cfg.lora_r), lora_alpha=int(cfg.lora_alpha), lora_dropout=float(cfg.lora_dropout),
+                                 target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    args = _sft_config(cfg, torch_dtype, device)
+    dataset = Dataset.from_list(prepared.records)
+    try:
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=peft_config)
+    except ValueError as e:  # PEFT's own target check, in case a pattern matched a non-Linear module
+        if "target" in str(e).lower() and "module" in str(e).lower():
+            raise UserError(f"LoRA target modules {cfg.lora_target_modules!r} do not fit the model: "
+                            f"{str(e).splitlines()[0][:200]}") from None
+        raise
+    return trainer, prepared
+
+
+def _is_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def _train(trainer, resume_from: str | None, cfg: TrainConfig):
+    """trainer.train with out-of-memory turned into one actionable line."""
+    try:
+        return trainer.train(resume_from_checkpoint=resume_from)
+    except (RuntimeError, MemoryError) as e:
+        if isinstance(e, MemoryError) or _is_oom(e):
+            raise UserError(
+                f"out of memory while training (batch {cfg.per_device_train_batch_size}, max_length "
+                f"{cfg.max_length}); lower --per-device-train-batch-size or --max-length (raise "
+                "--gradient-accumulation-steps to keep the effective batch), or enable gradient_checkpointing"
+            ) from None
+        raise
+
+
+def trainable_sha256(model) -> str:
+    """Hash of the trainable parameters (names + values): equal hashes mean identical trained weights."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda x: x[0]):
+        if p.requires_grad:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _peak_memory_mb(device: str) -> dict[str, float]:
+    import torch
+
+    mem = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB on Linux
+    if device.startswith("cuda") and torch.cuda.is_available():
+        mem["peak_gpu_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return mem
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("rational", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def merge_adapter(base_spec: str, adapter: str | Path, out: str | Path, dtype: str = "auto") -> Path:
+    """Write base + LoRA adapter merged into one model folder (plus tokenizer) loadable by plain transformers."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from .models import load_tokenizer, pick_dtype, resolve
+
+    resolved = resolve(base_spec)
+    base = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=pick_dtype(dtype, "cpu"))
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    out = Path(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".merged-"))
+    try:
+        merged.save_pretrained(tmp)
+        load_tokenizer(resolved).save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _prepare_out(cfg: TrainConfig) -> None:
+    """Refuse to clobber a finished or interrupted run unless told what to do with it."""
+    out = Path(cfg.out)
+    if is_trained(out):
+        if cfg.overwrite:
+            for name in ("adapter", "model", "merged", "checkpoints", "train_metrics.json"):
+                p = out / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        elif not cfg.resume:
+            raise UserError(f"{out}: already trained ({artifact_dir(out, cfg.method).name}/ exists); pass "
+                            "--overwrite to train again or use another --out")
+    elif _last_checkpoint(out) and not cfg.resume and not cfg.overwrite:
+        raise UserError(f"{out}/checkpoints: holds checkpoints of an unfinished run; pass --resume to continue it "
+                        "or --overwrite to start over")
+    elif cfg.overwrite and (out / "checkpoints").is_dir():
+        shutil.rmtree(out / "checkpoints")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _last_checkpoint(out: Path) -> str | None:
+    ckpt = Path(out) / "checkpoints"
+    if not ckpt.is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(ckpt))
+
+
+def run_train(cfg: TrainConfig) -> Path:
+    """Train as configured and return the output folder (see the module docstring for what it contains)."""
+    from .config import save_config
+
+    _check_config(cfg)
+    cfg.learning_rate = cfg.lr()  # resolved value, so config.yaml records what was used
+    if cfg.accelerate_config and not _in_distributed_child():
+        return _launch_with_accelerate(cfg)
+    out = Path(cfg.out)
+    if not _in_distributed_child():  # under accelerate the parent already did this, once
+        if is_trained(out) and cfg.resume and not cfg.overwrite:
+            print(f"[rational] {out}: already trained; nothing to resume", file=sys.stderr)
+            return out
+        _prepare_out(cfg)
+    started = time.time()
+    trainer, prepared = build_trainer(cfg)
+    acc = trainer.accelerator
+    art = artifact_dir(out, cfg.method)
+    partial = out / f".{art.name}.partial"
+    if acc.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        save_config(cfg, out / "config.yaml")
+    acc.wait_for_everyone()
+
+    resume_from = _last_checkpoint(out) if cfg.resume else None
+    if cfg.resume and resume_from is None and acc.is_main_process:
+        print(f"[rational] no checkpoint in {out}/checkpoints; starting from scratch", file=sys.stderr)
+    result = _train(trainer, resume_from, cfg)
+    trainer.save_model(str(partial))  # collective under FSDP/DeepSpeed: every rank calls it
+
+    # One hash per rank: under DDP every replica must hold the same weights (tests check it).
+    from accelerate.utils import gather_object
+
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    hashes = gather_object([None if sharded else trainable_sha256(trainer.model)])
+
+    if acc.is_main_process:
+        if cfg.merge:
+            merge_adapter(cfg.model, partial, out / "merged", cfg.dtype)
+        device = str(trainer.args.device)
+        tokens = getattr(trainer, "_total_train_tokens", None)
+        runtime = result.metrics.get("train_runtime") or (time.time() - started)
+        metrics = {
+            "method": cfg.method,
+            "baseline": cfg.baseline,
+            "model": cfg.model,
+            "data": str(cfg.data),
+            "resumed_from": resume_from,
+            "global_step": trainer.state.global_step,
+            "epochs_done": trainer.state.epoch,
+            "train_loss": result.metrics.get("train_loss"),
+            "loss_curve": [
+                {k: e[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm", "mean_token_accuracy",
+                                   "num_tokens") if k in e}
+                for e in trainer.state.log_history if "loss" in e
+            ],
+            "train_tokens": tokens,
+            "train_tokens_per_s": round(tokens / runtime, 2) if tokens and runtime else None,
+            "train_runtime_s": round(runtime, 2),
+            "wall_time_s": round(time.time() - started, 2),
+            "device": device,
+            "dtype": str(trainer.model.dtype if hasattr(trainer.model, "dtype") else cfg.dtype).replace("torch.", ""),
+            "world_size": acc.num_processes,
+            "replica_trainable_sha256": hashes,
+            **_peak_memory_mb(device),
+            "counts": prepared.counts,
+            "config": dataclasses.asdict(cfg),
+            "versions": _versions(),
+        }
+        _write_json_atomic(out / "train_metrics.json", metrics)
+        if art.exists():
+            shutil.rmtree(art)
+        os.replace(partial, art)  # last: its presence marks the run as finished (is_trained)
+    acc.wait_for_everyone()
+    if hasattr(trainer, "end"):
+        trainer.end()  # finishes trackers, destroys the process group under accelerate
+    return out
+
+
+# --------------------------------------------------------------------------------------------- scale-out
+
+
+def accelerate_profile(name_or_path: str) -> Path:
+    """A packaged accelerate profile by name (single_gpu, ddp, fsdp2, zero3) or a YAML path."""
+    p = Path(name_or_path).expanduser()
+    if p.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if not p.is_file():
+            raise UserError(f"{name_or_path}: accelerate config file not found")
+        return p
+    name = PROFILE_ALIASES.get(name_or_path, name_or_path)
+    if name not in PROFILES:
+        raise UserError(f"unknown accelerate config '{name_or_path}'; use {', '.join(PROFILES)} or a YAML path")
+    from importlib.resources import files
+
+    return Path(str(files("rational") / "accelerate_configs" / f"{name}.yaml"))
+
+
+def accelerate_launch_args(cfg: TrainConfig, config_yaml: Path) -> list[str]:
+    """`accelerate launch` arguments that run this module on the resolved config."""
+    import torch
+
+    from .models import pick_dtype
+
+    profile = accelerate_profile(cfg.accelerate_config)
+    on_gpu = torch.cuda.is_available()
+    dtype = pick_dtype(cfg.dtype, "cuda" if on_gpu else "cpu")
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+    args = ["--config_file", str(profile), "--mixed_precision", precision]
+    if cfg.num_processes:
+        args += ["--num_processes", str(cfg.num_processes)]
+    elif not on_gpu:
+        args += ["--num_processes", "1"]  # the profiles assume 8 GPUs; on a CPU machine ask explicitly
+    # No CUDA: the DDP profile still launches with torchrun; each rank then joins a gloo group because the
+    # training arguments set use_cpu. (`accelerate launch --cpu` alone starts a single process in accelerate 1.x.)
+    return args + ["-m", "rational.training", "--config", str(config_yaml)]
+
+
+def _launch_with_accelerate(cfg: TrainConfig) -> Path:
+    """Re-run this same training under `accelerate launch`, the way `trl sft --accelerate_config` does."""
+    import subprocess
+
+    import yaml
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    _prepare_out(cfg)
+    out = Path(cfg.out)
+    if is_trained(out):  # resume requested on a finished run
+        return out
+    child = dataclasses.replace(cfg, accelerate_config=None, num_processes=None, overwrite=False)
+    config_yaml = out / "launch_config.yaml"
+    config_yaml.write_text(yaml.safe_dump({"train": dataclasses.asdict(child)}, sort_keys=False))
+    args = launch_command_parser().parse_args(accelerate_launch_args(cfg, config_yaml))
+    try:
+        launch_command(args)
+    except subprocess.CalledProcessError as e:
+        raise UserError(f"training under accelerate failed (exit {e.returncode}); see the messages above") from None
+    if not is_trained(out):
+        raise UserError(f"{out}: accelerate run ended without writing {artifact_dir(out, cfg.method).name}/")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def train_command(
+    model: Annotated[str | None, typer.Option(help="Model spec: registry name, local folder, .gguf or hub id.")]
+    = None,
+    data: Annotated[str | None, typer.Option(help="sft.jsonl (conversational prompt-completion records).")] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder (adapter/, train_metrics.json, ...).")] = None,
+    config: Annotated[str | None, typer.Option(help="YAML recipe (e.g. recipes/demo-cpu.yaml); flags win.")] = None,
+    method: Annotated[str | None, typer.Option(help="lora (default) or full.")] = None,
+    baseline: Annotated[str | None, typer.Option(help="refusal-sft: same prompts, answers without reasoning.")]
+    = None,
+    epochs: Annotated[float | None, typer.Option(help="Number of epochs.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps (overrides epochs).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default 2e-4 LoRA, 2e-5 full).")] = None,
+    per_device_train_batch_size: Annotated[int | None, typer.Option("--batch-size", help="Per-device batch.")]
+    = None,
+    gradient_accumulation_steps: Annotated[int | None, typer.Option("--grad-accum", help="Accumulation steps.")]
+    = None,
+    max_length: Annotated[int | None, typer.Option(help="Max tokens of prompt + completion.")] = None,
+    truncation: Annotated[str | None, typer.Option(help="truncate | drop sequences over max_length.")] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    lora_target_modules: Annotated[str | None, typer.Option(help="all-linear or comma-separated names.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto | float32 | bfloat16 | float16")] = None,
+    save_steps: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    resume: Annotated[bool | None, typer.Option("--resume/--no-resume", help="Continue from the last checkpoint.")]
+    = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite/--no-overwrite", help="Retrain a finished OUT.")]
+    = None,
+    merge: Annotated[bool | None, typer.Option("--merge/--no-merge", help="Also write OUT/merged.")] = None,
+    accelerate_config: Annotated[str | None, typer.Option(help="single_gpu | ddp | fsdp2 | zero3 | YAML path.")]
+    = None,
+    num_processes: Annotated[int | None, typer.Option(help="Processes for accelerate launch.")] = None,
+) -> None:
+    from .config import resolve_config
+
+    overrides = {
+        "model": model, "data": data, "out": out, "method": method, "baseline": baseline, "epochs": epochs,
+        "max_steps": max_steps, "learning_rate": lr, "per_device_train_batch_size": per_device_train_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps, "max_length": max_length,
+        "truncation": truncation, "lora_r": lora_r, "lora_target_modules": lora_target_modules, "dtype": dtype,
+        "save_steps": save_steps, "seed": seed, "resume": resume, "overwrite": overwrite, "merge": merge,
+        "accelerate_config": accelerate_config, "num_processes": num_processes,
+    }
+    cfg = resolve_config(TrainConfig, config, "train", overrides)
+    if cfg.baseline in ("none", "", "rational"):
+        cfg.baseline = None
+    result = run_train(cfg)
+    if not _in_distributed_child():
+        print(f"[rational] trained: {artifact_dir(result, cfg.method)} (metrics: {result}/train_metrics.json)",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":  # `accelerate launch -m rational.training --config X.yaml` (one process per rank)
+    from .cli import main
+
+    main(["train", *sys.argv[1:]])
