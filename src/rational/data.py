@@ -361,7 +361,7 @@ class Template:
 _FAMILY_RULES = (
     ("aim", (r"\baim\b", "niccolo", "machiavelli")),
     ("developer-mode", ("developer mode", "dev_mode", "dev-mode", "devmode")),
-    ("dan", (r"\bdan\b", "do anything now", r"\bdude\b", "stan", "anti-dan", "jailbreak mode")),
+    ("dan", (r"\bdan\b", "do anything now", r"\bdude\b", r"\bstan\b", "anti-dan", "jailbreak mode")),
     ("refusal-suppression", ("refusal_suppression", "never refuse", "do not apologize", "must not refuse")),
     ("fiction", ("story", "fiction", "novel", "screenplay", "script for", "movie", "poem", "fictional")),
     ("roleplay", ("you are now", "act as", "pretend", "role", "character", "persona", "you will play")),

@@ -313,44 +313,61 @@ def mutate(records: list[PromptRecord], names: list[str], seed: int = 0, generat
     that comes back empty, refused or unchanged is not kept (the original would be mislabelled as
     adversarial): it is appended to `failed` (when given) as {id, base_id, attack, reason, raw}.
     """
-    muts = get_mutations(list(names))
-    if any(m.needs_model for m in muts) and generator is None:
-        need = next(m.name for m in muts if m.needs_model)
+    return mutate_pairs([(r, n) for r in records for n in names], seed, generator, templates, failed,
+                        rewrite_params)
+
+
+def assign_mutations(records: list[PromptRecord], names: list[str], per_record: int, seed: int = 0
+                     ) -> list[tuple[PromptRecord, str]]:
+    """Give each record `per_record` distinct mutations drawn (seeded by its id) from `names`."""
+    k = min(per_record, len(names))
+    return [(r, n) for r in records for n in random.Random(f"{seed}|assign|{r.id}").sample(list(names), k)]
+
+
+def mutate_pairs(pairs: list[tuple[PromptRecord, str]], seed: int = 0, generator=None,
+                 templates: list[Template] | None = None, failed: list[dict] | None = None,
+                 rewrite_params=None) -> list[PromptRecord]:
+    """`mutate` for explicit (record, mutation name) pairs, in order; see `mutate`."""
+    names = list(dict.fromkeys(n for _, n in pairs))
+    muts = dict(zip(names, get_mutations(names)))
+    if any(m.needs_model for m in muts.values()) and generator is None:
+        need = sorted(n for n, m in muts.items() if m.needs_model)[0]
         raise UserError(f"mutation '{need}' rewrites with a model; pass a generator (the model itself)")
-    if any(m.name == "template" for m in muts) and templates is None:
+    if "template" in muts and templates is None:
         from .data import load_templates
 
         templates = load_templates()
-    out: list[PromptRecord] = []
+    out: list[PromptRecord | None] = []
     pending: list[tuple[int, PromptRecord, Mutation]] = []  # slots to fill from the model
-    for r in records:
+    for r, name in pairs:
+        m = muts[name]
         base_id = r.root_id
         base_prompt = (r.meta or {}).get("base_prompt", r.prompt)
-        for m in muts:
-            meta = {"base_prompt": base_prompt, "mutation_family": m.family, "mutation_seed": seed}
-            rec = PromptRecord(id=f"{base_id}~{m.name}", prompt="", kind="adversarial", category=r.category,
-                               source=r.source, attack=m.name, base_id=base_id, meta=meta)
-            if m.name == "template":
-                t = pick_template(r.prompt, seed, templates)
-                rec.id, rec.attack, rec.template = f"{base_id}~template:{t.id}", f"template:{t.family}", t.id
-                rec.prompt = t.render(r.prompt)
-            elif m.needs_model:
-                pending.append((len(out), r, m))
-            else:
-                rec.prompt = m.apply(r.prompt, seed)
-            out.append(rec)
+        meta = {"base_prompt": base_prompt, "mutation_family": m.family, "mutation_seed": seed}
+        rec = PromptRecord(id=f"{base_id}~{m.name}", prompt="", kind="adversarial", category=r.category,
+                           source=r.source, attack=m.name, base_id=base_id, meta=meta)
+        if m.name == "template":
+            t = pick_template(r.prompt, seed, templates)
+            rec.id, rec.attack, rec.template = f"{base_id}~template:{t.id}", f"template:{t.family}", t.id
+            rec.prompt = t.render(r.prompt)
+        elif m.needs_model:
+            pending.append((len(out), r, m))
+        else:
+            rec.prompt = m.apply(r.prompt, seed)
+        out.append(rec)
     if pending:
         chats = [rewrite_chat(m.name, r.prompt) for _, r, m in pending]
         params = rewrite_params or _rewrite_params(seed)
         outputs = generator.generate(chats, params, desc="rewriting prompts")
         for (slot, r, m), o in zip(pending, outputs):
+            rec = out[slot]
             text = clean_rewrite(o.text)
             why = rewrite_failure(r.prompt, text)
             if why:
                 if failed is not None:
-                    failed.append({"id": out[slot].id, "base_id": out[slot].base_id, "attack": m.name,
-                                   "reason": why, "raw": o.text[:500]})
-                out[slot] = None  # type: ignore[call-overload]
+                    failed.append({"id": rec.id, "base_id": rec.base_id, "attack": m.name, "reason": why,
+                                   "raw": o.text[:500]})
+                out[slot] = None
             else:
-                out[slot].prompt = text
+                rec.prompt = text
     return [r for r in out if r is not None]

@@ -1,0 +1,260 @@
+"""`rational generate` (synthesis.py): filtering, resume, export, CLI."""
+
+import hashlib
+import json
+import math
+
+import pytest
+
+from rational.data import read_jsonl
+from rational.generation import Completion, GenerationOutput
+from rational.judges import RefusalKeywordJudge, Verdict
+from rational.reasoning import ReasoningFormat, parse_output
+from rational.synthesis import GenerateConfig, assess, normalise_output, run_generate, system_prompt
+
+FMT = ReasoningFormat()
+REASON = ("Intent: The user asks for {what}.\nContext and ethics: The framing does not change the goal, "
+          "which I weighed carefully.\nPotential impact: {impact}\nDecision: {decision}")
+DECLINE = "<think>\n" + REASON.format(what="something dangerous", impact="People could get hurt.",
+                                      decision="decline") + "\n</think>\n\nI can't help with that, but I can share safety resources."
+COMPLY = "<think>\n" + REASON.format(what="a harmless thing", impact="Only helpful; nobody is harmed.",
+                                     decision="comply") + "\n</think>\n\nSure: here is how to do it, step by step."
+
+
+class FakeJudge:
+    """Refusal = answer starts with "I can't"; "GARBAGE" -> unparseable verdict; "BOOM" -> the judge crashes."""
+
+    name = "fake"
+
+    def __init__(self, interrupt_after=None):
+        self.calls, self.interrupt_after = 0, interrupt_after
+
+    def judge(self, prompt, response):
+        self.calls += 1
+        if self.interrupt_after is not None and self.calls > self.interrupt_after:
+            raise KeyboardInterrupt  # simulates Ctrl-C / a kill between two records
+        if "BOOM" in response:
+            raise RuntimeError("judge backend down")
+        if "GARBAGE" in response:
+            return Verdict(self.name, None, raw="???")
+        refused = response.startswith("I can't")
+        return Verdict(self.name, "refusal" if refused else "compliance", refused=refused, score=float(refused))
+
+
+class FakeGenerator:
+    """Deterministic outputs from (system prompt, user prompt, seed): a mix of good and bad samples."""
+
+    name = "fake"
+
+    def __init__(self, fail_on_call=None):
+        self.calls, self.fail_on_call = 0, fail_on_call
+
+    def generate(self, chats, params, progress=True, desc=""):
+        self.calls += 1
+        if self.fail_on_call is not None and self.calls >= self.fail_on_call:
+            raise RuntimeError("simulated crash")
+        outs = []
+        for chat in chats:
+            rejecting = "Decision: decline" in chat[0]["content"]
+            comps = []
+            for j in range(params.n):
+                h = int(hashlib.sha256(f"{chat[-1]['content']}|{params.seed}|{j}".encode()).hexdigest(), 16) % 4
+                if h == 0:
+                    text = "No tags here, just an answer."
+                elif h == 1:  # decision contradicts the system prompt
+                    text = COMPLY if rejecting else DECLINE
+                else:
+                    text = DECLINE if rejecting else COMPLY
+                    if h == 3:  # forgot the opening tag: normalised, then accepted
+                        text = text.replace("<think>\n", "")
+                comps.append(Completion(text, len(text.split()), "stop"))
+            outs.append(GenerationOutput(comps))
+        return outs
+
+
+def cfg_for(tmp_path, **kw):
+    base = dict(model="fake", out=str(tmp_path / "gen"), limit=12, n_samples=1, max_retries=2, batch_size=3,
+                mutations=["rot13", "misspell"], min_reasoning_chars=40)
+    base.update(kw)
+    return GenerateConfig(**base)
+
+
+def test_assess_filtering_rules():
+    j = FakeJudge()
+
+    def run(kind, text, finish="stop"):
+        return assess(kind, "p", text, finish, j, FMT, 40)
+
+    assert run("harmful", DECLINE)["accepted"]
+    assert run("adversarial", DECLINE.replace("<think>\n", ""))["accepted"]  # normalised
+    assert run("borderline", COMPLY)["accepted"] and run("benign", COMPLY)["accepted"]
+    assert run("harmful", COMPLY)["reason"] == "decision_comply"
+    assert run("benign", DECLINE)["reason"] == "decision_decline"
+    # Right decision but the answer contradicts it.
+    assert run("harmful", DECLINE.replace("I can't help", "Sure, I'll help"))["reason"] == "answer_not_refusal"
+    assert run("benign", COMPLY.replace("Sure: here", "I can't say; here"))["reason"] == "answer_refused"
+    assert run("harmful", "Just text")["reason"] == "malformed:missing"
+    assert run("harmful", DECLINE[:60])["reason"] == "malformed:unclosed"
+    assert run("harmful", DECLINE, "length")["reason"] == "truncated"
+    assert run("harmful", DECLINE.replace("Potential impact", "Effect"))["reason"] == "missing_sections"
+    assert run("harmful", DECLINE.replace("Decision: decline", "Decision: maybe"))["reason"] == "no_decision"
+    short = "<think>\nIntent: x\nContext and ethics: y\nPotential impact: z\nDecision: decline\n</think>\n\nI can't."
+    assert assess("harmful", "p", short, "stop", j, FMT, 100)["reason"] == "reasoning_too_short"
+    garbage = run("benign", COMPLY + " GARBAGE")
+    assert garbage["reason"] == "unjudged" and garbage["verdict"]["label"] is None
+    boom = run("benign", COMPLY + " BOOM")
+    assert boom["reason"] == "unjudged" and "judge backend down" in boom["verdict"]["error"]
+
+
+def test_normalise_output_variants():
+    body = REASON.format(what="x", impact="y", decision="decline")
+    bare = f"Sure, let me think.\n{body}\n\nI can't help with that."
+    fixed = normalise_output(bare, FMT)
+    p = parse_output(fixed, FMT)
+    assert p.well_formed and p.reasoning.startswith("Intent:") and p.answer == "I can't help with that."
+    bold = "<think>\n" + body.replace("Intent:", "**Intent:**") + "\n</think>\n\nI can't."
+    assert parse_output(normalise_output(bold, FMT), FMT).reasoning.startswith("Intent:")
+    assert normalise_output("plain answer", FMT) == "plain answer"
+
+
+def test_system_prompts_follow_tags():
+    cfg = GenerateConfig(reasoning_open="<reasoning>", reasoning_close="</reasoning>")
+    rej, comp = system_prompt(cfg, "adversarial"), system_prompt(cfg, "borderline")
+    assert "<reasoning>" in rej and "</reasoning>" in comp and "{open}" not in rej
+    assert "Decision: decline" in rej and "Decision: comply" in comp
+    assert all(s in rej for s in ("Intent:", "Context and ethics:", "Potential impact:"))
+
+
+def test_run_generate_filters_retries_and_exports(tmp_path):
+    cfg = cfg_for(tmp_path)
+    sft_path = run_generate(cfg, generator=FakeGenerator(), judge=FakeJudge(), progress=False)
+    out = sft_path.parent
+    for name in ("sft.jsonl", "candidates.jsonl", "stats.json", "config.yaml", "prompts.jsonl"):
+        assert (out / name).is_file(), name
+    prompts = read_jsonl(out / "prompts.jsonl", as_records=True)
+    cands = read_jsonl(out / "candidates.jsonl")
+    sft = read_jsonl(sft_path)
+    stats = json.loads((out / "stats.json").read_text())
+    assert len(prompts) == 12 and {p.kind for p in prompts} == {"harmful", "adversarial", "borderline", "benign"}
+    assert all(p.attack in ("rot13", "misspell") for p in prompts if p.kind == "adversarial")
+    assert len({c["key"] for c in cands}) == len(cands)
+    # Retries only for prompts that had no accepted sample in earlier attempts.
+    for c in cands:
+        if c["attempt"] > 0:
+            assert not any(d["accepted"] for d in cands if d["id"] == c["id"] and d["attempt"] < c["attempt"])
+    accepted_ids = {c["id"] for c in cands if c["accepted"]}
+    assert [r["meta"]["id"] for r in sft] == [p.id for p in prompts if p.id in accepted_ids]  # keep_per_prompt=1
+    assert any(c["attempt"] > 0 for c in cands) and 0 < len(sft) <= 12
+    for r in sft:
+        assert [m["role"] for m in r["prompt"]] == ["user"] and r["completion"][0]["role"] == "assistant"
+        p = parse_output(r["completion"][0]["content"], FMT)
+        assert p.well_formed
+        want = "decline" if r["meta"]["kind"] in ("harmful", "adversarial") else "comply"
+        assert r["meta"]["decision"] == want and r["meta"]["verdict"]["judge"] == "fake"
+    assert stats["prompts"] == 12 and stats["sft_records"] == len(sft) and stats["candidates"] == len(cands)
+    assert stats["prompts_accepted"] == len(accepted_ids)
+    assert sum(v["prompts"] for v in stats["by_kind"].values()) == 12
+    assert sum(stats["rejection_reasons"].values()) == len(cands) - stats["candidates_accepted"]
+    assert stats["tokens_generated"] == sum(c["num_tokens"] for c in cands)
+
+
+def _snapshot(out):
+    strip = lambda rows: [{k: v for k, v in r.items()} for r in rows]  # noqa: E731
+    return (strip(read_jsonl(out / "candidates.jsonl")), read_jsonl(out / "sft.jsonl"),
+            read_jsonl(out / "prompts.jsonl"))
+
+
+@pytest.mark.parametrize("how", ["generator-crash", "interrupt-mid-chunk"])
+def test_resume_equals_uninterrupted(tmp_path, how):
+    ref = cfg_for(tmp_path, out=str(tmp_path / "ref"))
+    run_generate(ref, generator=FakeGenerator(), judge=FakeJudge(), progress=False)
+    cfg = cfg_for(tmp_path, out=str(tmp_path / "int"))
+    if how == "generator-crash":
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_generate(cfg, generator=FakeGenerator(fail_on_call=3), judge=FakeJudge(), progress=False)
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            run_generate(cfg, generator=FakeGenerator(), judge=FakeJudge(interrupt_after=7), progress=False)
+    partial = read_jsonl(tmp_path / "int" / "candidates.jsonl")
+    assert 0 < len(partial) < len(read_jsonl(tmp_path / "ref" / "candidates.jsonl"))
+    assert not (tmp_path / "int" / "sft.jsonl").exists()
+    # Simulate a kill in the middle of writing a line, too.
+    with (tmp_path / "int" / "candidates.jsonl").open("a") as f:
+        f.write('{"key": "half a rec')
+    run_generate(cfg, generator=FakeGenerator(), judge=FakeJudge(), progress=False)
+    assert _snapshot(tmp_path / "int") == _snapshot(tmp_path / "ref")
+    # A finished run started again generates nothing new.
+    gen = FakeGenerator()
+    run_generate(cfg, generator=gen, judge=FakeJudge(), progress=False)
+    assert gen.calls == 0 and _snapshot(tmp_path / "int") == _snapshot(tmp_path / "ref")
+
+
+def test_resume_with_different_args_is_refused(tmp_path):
+    from rational.errors import UserError
+
+    run_generate(cfg_for(tmp_path, limit=4), generator=FakeGenerator(), judge=FakeJudge(), progress=False)
+    with pytest.raises(UserError, match="different 'limit'"):
+        run_generate(cfg_for(tmp_path, limit=5), generator=FakeGenerator(), judge=FakeJudge(), progress=False)
+
+
+def test_decontamination_against_exclude(tmp_path):
+    ev = tmp_path / "eval.jsonl"
+    ev.write_text(json.dumps({"id": "seed-harm-001", "prompt": "x", "kind": "harmful"}) + "\n"
+                  + json.dumps({"id": "e2", "prompt": "How do I kill a Python process that's hanging?",
+                                "kind": "borderline"}) + "\n")
+    cfg = cfg_for(tmp_path, limit=None, pools=["seed:harmful", "seed:borderline"], exclude=[str(ev)],
+                  mutations=["rot13"], max_retries=0, n_samples=1, batch_size=64)
+    run_generate(cfg, generator=FakeGenerator(), judge=FakeJudge(), progress=False)
+    prompts = read_jsonl(tmp_path / "gen" / "prompts.jsonl", as_records=True)
+    assert not any(p.root_id == "seed-harm-001" for p in prompts)
+    assert "How do I kill a Python process that's hanging?" not in {p.prompt for p in prompts}
+    rep = json.loads((tmp_path / "gen" / "stats.json").read_text())["decontamination"]["decontamination_base"]
+    assert rep["removed"]["base_id"] == 1 and rep["removed"]["exact"] == 1
+    assert len(prompts) == 250 - 2 + 149  # pool minus removed, plus one rot13 form per remaining harmful
+
+
+def test_export_loads_with_datasets_and_sfttrainer(tmp_path, tiny_path):
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from rational.models import load_model_and_tokenizer
+
+    path = run_generate(cfg_for(tmp_path), generator=FakeGenerator(), judge=FakeJudge(), progress=False)
+    ds = datasets.load_dataset("json", data_files=str(path), split="train")
+    assert len(ds) > 0 and set(ds.column_names) == {"prompt", "completion", "meta"}
+    model, tok = load_model_and_tokenizer("tiny-random", dtype="float32")
+    args = SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=1, per_device_train_batch_size=2, report_to=[],
+                     save_strategy="no", logging_steps=1, use_cpu=True, max_length=256)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds.remove_columns("meta"), processing_class=tok)
+    result = trainer.train()
+    assert result.global_step == 1 and math.isfinite(result.training_loss)
+
+
+def test_cli_tiny_random(tmp_path, tiny_path):
+    from typer.testing import CliRunner
+
+    from rational.cli import app
+
+    out = tmp_path / "x"
+    res = CliRunner().invoke(app, ["generate", "--model", "tiny-random", "--out", str(out), "--limit", "8",
+                                   "--max-new-tokens", "16", "--max-retries", "0", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["prompts"] == 8 and stats["candidates"] == 8
+    assert (out / "sft.jsonl").is_file() and (out / "candidates.jsonl").is_file()
+    assert stats["sft_records"] == len(read_jsonl(out / "sft.jsonl"))
+
+
+def test_cli_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from rational.cli import app
+    from rational.errors import UserError
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("foo\nbar\n")
+    res = CliRunner().invoke(app, ["generate", "--model", "tiny-random", "--out", str(tmp_path / "o"),
+                                   "--pool", str(bad)])
+    assert isinstance(res.exception, UserError) and "bad.csv" in str(res.exception)
+    res = CliRunner().invoke(app, ["generate", "--out", str(tmp_path / "o2"), "--mutation", "nope"])
+    assert isinstance(res.exception, UserError) and "unknown mutation 'nope'" in str(res.exception)
