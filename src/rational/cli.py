@@ -7,6 +7,7 @@ Heavy libraries (torch, transformers, trl) are imported inside the commands, so 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -34,6 +35,9 @@ app.command("run", help="The whole pipeline: generate -> train -> eval -> report
 
 
 def main(argv: list[str] | None = None) -> None:
+    # No surprise network calls: TRL/hub telemetry off unless the user opts in.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         app(args=argv, standalone_mode=False)
     except UserError as e:
