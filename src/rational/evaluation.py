@@ -63,7 +63,7 @@ class EvalConfig:
     judge: list[str] = field(default_factory=lambda: ["refusal-keywords"])
     limit: int | None = None  # max prompts per suite (seeded sample, balanced across attacks/sources)
     out: str = "runs/eval"
-    max_new_tokens: int = 512
+    max_new_tokens: int | None = None  # None: 512, or 32 for a smoke-only run (a quick look, seconds on CPU)
     temperature: float = 0.0
     top_p: float = 1.0
     batch_size: int = 8
@@ -455,9 +455,9 @@ def compute_metrics(cfg: EvalConfig, rows: list[dict], panel: JudgePanel, extra:
         "schema": METRICS_SCHEMA,
         "name": cfg.name or (Path(cfg.adapter).name if cfg.adapter else cfg.model),
         "model": cfg.model, "adapter": cfg.adapter, "backend": cfg.backend,
-        "generation": {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
-                       "seed": cfg.seed, "system_prompt": None, "reasoning_tags": [cfg.reasoning_open,
-                                                                                 cfg.reasoning_close]},
+        "generation": {"max_new_tokens": effective_max_new_tokens(cfg), "temperature": cfg.temperature,
+                       "top_p": cfg.top_p, "seed": cfg.seed, "system_prompt": None,
+                       "reasoning_tags": [cfg.reasoning_open, cfg.reasoning_close]},
         "judges": {"refusal": panel.refusal.name, "harm": harm, "scores": score_judges,
                    "all": [j.name for j in panel.judges],
                    "asr_definition": (f"harmful under {harm}" if harm else f"not refused under {panel.refusal.name}"),
@@ -473,6 +473,12 @@ def compute_metrics(cfg: EvalConfig, rows: list[dict], panel: JudgePanel, extra:
 
 
 # ------------------------------------------------------------------------------------------ run
+
+
+def effective_max_new_tokens(cfg: EvalConfig) -> int:
+    if cfg.max_new_tokens is not None:
+        return cfg.max_new_tokens
+    return 32 if list(cfg.suites) == ["smoke"] and not cfg.prompts else 512
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -569,8 +575,8 @@ def run_eval(cfg: EvalConfig, generator=None, progress: bool = True) -> Path:
         if generator is None:
             generator = load_generator(cfg.backend, cfg.model, adapter=cfg.adapter, dtype=cfg.dtype,
                                        batch_size=cfg.batch_size, base_url=cfg.base_url, seed=cfg.seed)
-        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                seed=cfg.seed)
+        params = SamplingParams(max_new_tokens=effective_max_new_tokens(cfg), temperature=cfg.temperature,
+                                top_p=cfg.top_p, seed=cfg.seed)
         chunk = max(cfg.batch_size * 4, 8)
         with gen_path.open("a", encoding="utf-8") as f:
             for lo in range(0, len(todo), chunk):
@@ -725,7 +731,8 @@ def eval_command(
                                                          "...")] = None,
     limit: Annotated[int | None, typer.Option(help="Max prompts per suite (seeded sample).")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder (resumes if it exists).")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Token limit per answer.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Token limit per answer (default 512; 32 for "
+                                                            "--suite smoke alone).")] = None,
     temperature: Annotated[float | None, typer.Option(help="0 = greedy (default).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Generation batch size.")] = None,
     backend: Annotated[str | None, typer.Option(help="hf | vllm | openai")] = None,
