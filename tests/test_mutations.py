@@ -117,3 +117,18 @@ def test_model_based_needs_generator_and_unknown_names():
 def test_clean_rewrite():
     assert clean_rewrite("Rewritten request: 'abc def'") == "abc def"
     assert clean_rewrite("  plain text ") == "plain text"
+
+
+def test_assign_mutations_distinct_and_seeded():
+    from rational.mutations import assign_mutations
+
+    recs = [PromptRecord(f"h{i}", f"p{i}", "harmful") for i in range(30)]
+    names = ["rot13", "template", "template", "base64"]
+    pairs = assign_mutations(recs, names, 2, seed=1)
+    assert len(pairs) == 60
+    for i in range(30):
+        got = [n for r, n in pairs if r.id == f"h{i}"]
+        assert len(set(got)) == 2
+    assert pairs == assign_mutations(recs, names, 2, seed=1)
+    assert pairs != assign_mutations(recs, names, 2, seed=2)
+    assert {n for _, n in assign_mutations(recs, names, 1, seed=0)} == {"rot13", "template", "base64"}

@@ -319,9 +319,16 @@ def mutate(records: list[PromptRecord], names: list[str], seed: int = 0, generat
 
 def assign_mutations(records: list[PromptRecord], names: list[str], per_record: int, seed: int = 0
                      ) -> list[tuple[PromptRecord, str]]:
-    """Give each record `per_record` distinct mutations drawn (seeded by its id) from `names`."""
-    k = min(per_record, len(names))
-    return [(r, n) for r in records for n in random.Random(f"{seed}|assign|{r.id}").sample(list(names), k)]
+    """Give each record `per_record` distinct mutations drawn (seeded by its id) from `names`.
+
+    A name listed twice is drawn twice as often (e.g. weight `template` up), but never twice for one record.
+    """
+    out = []
+    for r in records:
+        order = list(names)
+        random.Random(f"{seed}|assign|{r.id}").shuffle(order)
+        out.extend((r, n) for n in list(dict.fromkeys(order))[:per_record])
+    return out
 
 
 def mutate_pairs(pairs: list[tuple[PromptRecord, str]], seed: int = 0, generator=None,
