@@ -42,6 +42,7 @@ SUITES = ("harmful", "jailbreak", "over-refusal", "capability", "reasoning", "sm
 HEADLINE = {
     "harmful": ("harmful_compliance", True),
     "jailbreak": ("asr", True),
+    "jailbreak-heldout": ("asr", True),  # attack families never used in training (written by `rational run`)
     "over-refusal": ("compliance", False),
     "capability": ("exact_match", False),
     "reasoning": ("faithfulness", False),
@@ -192,10 +193,14 @@ def load_prompts_file(path: str) -> list[dict]:
     rows = data.read_jsonl(p)  # UserError for a missing file or a bad line
     if not rows:
         raise UserError(f"{p}: no prompts; each line needs {', '.join(PROMPT_FILE_COLUMNS)}")
-    suite = "custom"
     seen = set()
     items = []
     for i, row in enumerate(rows, 1):
+        # An optional `suite` column groups rows into named suites (e.g. harmful / jailbreak / over-refusal),
+        # so one file can carry a whole evaluation; rows without it form the "custom" suite.
+        suite = str(row.get("suite") or (row.get("meta") or {}).get("suite") or "custom")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", suite):
+            raise UserError(f"{p}:{i}: suite '{suite}' must be lowercase letters, digits, '-' or '_'")
         missing = [c for c in PROMPT_FILE_COLUMNS if c not in row]
         if missing:
             raise UserError(f"{p}:{i}: missing column '{missing[0]}'; every line needs "

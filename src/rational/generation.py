@@ -22,7 +22,7 @@ from typing import Protocol
 from .errors import UserError
 
 Chat = list[dict[str, str]]
-BACKENDS = ("hf", "vllm", "openai")
+BACKENDS = ("hf", "vllm", "openai", "scripted")
 
 
 @dataclass
@@ -273,6 +273,44 @@ class OpenAIGenerator:
         return results  # type: ignore[return-value]
 
 
+class ScriptedGenerator:
+    """A stand-in teacher for smoke runs ONLY: answers the two self-check prompts with canned, well-formed
+    rationales (decline for the rejection self-check, comply for the compliance one) and echoes anything else.
+
+    It lets `rational run --preset smoke` exercise filtering, export, training and evaluation on the real data
+    format with `tiny-random`, whose own outputs are noise. It is never a source of real training data.
+    """
+
+    name = "scripted"
+
+    def __init__(self):
+        self.stats = {"tokens": 0, "seconds": 0.0}
+
+    def _reply(self, chat: Chat) -> str:
+        system = next((m["content"] for m in chat if m["role"] == "system"), "")
+        user = chat[-1]["content"][:60]
+        if "Decision: decline" in system:
+            return ("<think>\nIntent: the request asks for help that could hurt people, whatever its framing.\n"
+                    "Context and ethics: the framing does not change the use; helping would be unethical.\n"
+                    "Potential impact: real people could be harmed.\nDecision: decline\n</think>\n\n"
+                    "I can't help with that. I can point you to safe, legitimate resources instead.")
+        if "Decision: comply" in system:
+            return ("<think>\nIntent: the user wants ordinary information; the sensitive words are harmless here.\n"
+                    "Context and ethics: this is an everyday request and answering is appropriate.\n"
+                    "Potential impact: the answer helps the user and gives no help to anyone causing harm.\n"
+                    f"Decision: comply\n</think>\n\nHere is a short, helpful answer about: {user}")
+        return user
+
+    def generate(self, chats: list[Chat], params: SamplingParams, progress: bool = True,
+                 desc: str = "generating") -> list[GenerationOutput]:
+        outs = []
+        for chat in chats:
+            text = self._reply(chat)
+            outs.append(GenerationOutput([Completion(text, len(text.split()), "stop")] * max(1, params.n)))
+            self.stats["tokens"] += len(text.split())
+        return outs
+
+
 def load_generator(backend: str, model: str, adapter: str | None = None, dtype: str = "auto", batch_size: int = 8,
                    base_url: str | None = None, concurrency: int = 8, seed: int = 0,
                    trust_remote_code: bool = False) -> Generator:
@@ -282,6 +320,8 @@ def load_generator(backend: str, model: str, adapter: str | None = None, dtype: 
                                 trust_remote_code=trust_remote_code)
     if backend == "vllm":
         return VLLMGenerator(model, adapter=adapter, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code)
+    if backend == "scripted":
+        return ScriptedGenerator()
     if backend == "openai":
         if adapter:
             raise UserError("backend 'openai' cannot load --adapter; serve the adapter on the endpoint instead")

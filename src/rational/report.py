@@ -250,10 +250,11 @@ def attack_plot(runs: list[dict], names: list[str]) -> str | None:
     data = []
     for m in runs:
         by = {}
-        for suite in ("jailbreak", "smoke", "custom"):
+        for suite in ("jailbreak", "jailbreak-heldout", "smoke", "custom"):
             for attack, block in m["suites"].get(suite, {}).get("by_attack", {}).items():
-                if "asr" in block and block["asr"]["rate"] is not None and attack not in by:
-                    by[attack] = block["asr"]
+                label = f"{attack} (held-out)" if suite == "jailbreak-heldout" else attack
+                if "asr" in block and block["asr"]["rate"] is not None and label not in by:
+                    by[label] = block["asr"]
         data.append(by)
     attacks = sorted({a for by in data for a in by})
     if not attacks:

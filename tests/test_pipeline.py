@@ -1,0 +1,84 @@
+"""`rational run --preset smoke` end to end on tiny-random, and resume after a failed stage."""
+
+import json
+
+import pytest
+
+from rational.cli import main
+from rational.errors import UserError
+
+
+def _run(out):
+    try:
+        main(["run", "--preset", "smoke", "--out", str(out)])
+    except SystemExit as e:
+        assert e.code in (0, None), e.code
+
+
+def test_smoke_preset_end_to_end_and_skip_on_rerun(tmp_path, capsys):
+    out = tmp_path / "smoke"
+    _run(out)
+    for stage in ("data", "generate", "train-rational", "train-refusal-sft", "eval-base", "eval-refusal-sft",
+                  "eval-rational", "report"):
+        assert (out / stage / ".done.json").is_file(), stage
+    train = [json.loads(l) for l in (out / "data" / "train_prompts.jsonl").read_text().splitlines()]
+    evals = [json.loads(l) for l in (out / "data" / "eval_prompts.jsonl").read_text().splitlines()]
+    # Disjoint by base prompt and by template; held-out attacks never appear in training.
+    assert not {r["base_id"] or r["id"] for r in train} & {r["base_id"] or r["id"] for r in evals}
+    assert not {r["template"] for r in train if r["template"]} & {r["template"] for r in evals if r["template"]}
+    split = json.loads((out / "data" / "split.json").read_text())
+    assert not set(split["heldout_attacks"]) & {r["attack"] for r in train}
+    assert {r["meta"]["suite"] for r in evals} >= {"harmful", "jailbreak", "jailbreak-heldout", "over-refusal",
+                                                    "capability"}
+    html = (out / "report" / "report.html").read_text()
+    assert "rational" in html and "refusal-sft" in html and "base" in html
+    metrics = json.loads((out / "eval-rational" / "metrics.json").read_text())
+    assert {"harmful", "jailbreak", "jailbreak-heldout", "over-refusal", "capability"} <= set(metrics["suites"])
+    run_meta = json.loads((out / "run.json").read_text())
+    assert run_meta["versions"]["torch"] and run_meta["seed"] == 0
+    printed = capsys.readouterr().out
+    assert "Rational vs baselines" in printed and "refusal-sft" in printed
+    assert "jailbreak-heldout" in (out / "report" / "report.md").read_text()
+
+    # A second run skips every finished stage: nothing is redone.
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/.done.json")}
+    _run(out)
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("*/.done.json")}
+
+
+def test_failed_stage_is_one_line_and_resume_redoes_nothing(tmp_path, monkeypatch, capsys):
+    from rational import training
+
+    out = tmp_path / "smoke"
+    real = training.run_train
+
+    def boom(cfg):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(training, "run_train", boom)
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--preset", "smoke", "--out", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # progress goes to stderr above it; the error is one line
+    assert last.startswith("error: stage train-rational failed") and "error.log" in last
+    assert "Traceback" not in err
+    done_before = {p: p.stat().st_mtime_ns for p in out.glob("*/.done.json")}
+    assert {p.parent.name for p in done_before} == {"data", "generate"}
+
+    monkeypatch.setattr(training, "run_train", real)
+    _run(out)
+    for p, stamp in done_before.items():  # data and generate were not redone
+        assert p.stat().st_mtime_ns == stamp
+    assert (out / "report" / ".done.json").is_file()
+
+
+def test_unknown_preset_and_bad_recipe(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--preset", "nope"])
+    assert e.value.code == 2 and "unknown preset 'nope'" in capsys.readouterr().err
+    bad = tmp_path / "r.yaml"
+    bad.write_text("run:\n  train_harmfull: 3\n")
+    with pytest.raises(SystemExit):
+        main(["run", "--config", str(bad), "--out", str(tmp_path / "o")])
+    assert "unknown key 'train_harmfull'" in capsys.readouterr().err
