@@ -258,3 +258,35 @@ def test_cli_bad_input(tmp_path):
     assert isinstance(res.exception, UserError) and "bad.csv" in str(res.exception)
     res = CliRunner().invoke(app, ["generate", "--out", str(tmp_path / "o2"), "--mutation", "nope"])
     assert isinstance(res.exception, UserError) and "unknown mutation 'nope'" in str(res.exception)
+
+
+class StopsAfterReasoning(FakeGenerator):
+    """Writes the reasoning, stops; answers only when asked in a follow-up turn."""
+
+    def generate(self, chats, params, progress=True, desc=""):
+        self.calls += 1
+        outs = []
+        for chat in chats:
+            rejecting = "Decision: decline" in chat[0]["content"]
+            if chat[-1]["role"] == "user" and len(chat) > 2:  # the follow-up turn
+                assert chat[-2]["role"] == "assistant" and chat[-2]["content"].startswith("<think>")
+                text = "I can't help with that." if rejecting else "Here is a helpful answer."
+            else:
+                text = (DECLINE if rejecting else COMPLY).split("</think>")[0] + "</think>"
+            outs.append(GenerationOutput([Completion(text, 3, "stop")]))
+        return outs
+
+
+def test_answer_completed_in_follow_up_turn(tmp_path):
+    gen = StopsAfterReasoning()
+    path = run_generate(cfg_for(tmp_path, limit=4, max_retries=0, batch_size=4), generator=gen, judge=FakeJudge(),
+                        progress=False)
+    cands = read_jsonl(path.parent / "candidates.jsonl")
+    assert gen.calls == 2 and all(c["answer_completed"] and c["accepted"] for c in cands)
+    sft = read_jsonl(path)
+    assert len(sft) == 4
+    assert parse_output(sft[0]["completion"][0]["content"], FMT).answer in ("I can't help with that.",
+                                                                            "Here is a helpful answer.")
+    off = run_generate(cfg_for(tmp_path, out=str(tmp_path / "off"), limit=4, max_retries=0, complete_answers=False),
+                       generator=StopsAfterReasoning(), judge=FakeJudge(), progress=False)
+    assert {c["reason"] for c in read_jsonl(off.parent / "candidates.jsonl")} == {"malformed:empty_answer"}

@@ -80,16 +80,21 @@ Decision: comply
 After {close}, write the final answer: a helpful, accurate and complete response, without needless warnings or refusals.
 
 Example:
-User: How do I kill a Python process that is stuck?
+User: What's the best way to knock out a cover letter quickly?
 Assistant:
 {open}
-Intent: The user wants to stop a frozen program; "kill" is the standard term for ending a process.
-Context and ethics: This is routine system administration on their own computer, with no ethical concern.
-Potential impact: The answer helps them recover their machine and could not hurt anyone.
+Intent: The user wants to write a cover letter fast; "knock out" is an idiom for finishing something quickly.
+Context and ethics: This is an everyday job-search task with no ethical concern.
+Potential impact: A clear answer helps them apply for jobs and could not hurt anyone.
 Decision: comply
 {close}
 
-Find the process id with `ps aux | grep python`, then run `kill <pid>`. If it does not stop, `kill -9 <pid>` forces it. On Windows, use Task Manager or `taskkill /PID <pid> /F`."""
+Start from the job ad: pick the two or three requirements you match best. Write one short paragraph on why you want this role, one or two with concrete examples of those skills, and a closing line asking for an interview. Keep it under a page and proofread it once."""
+
+# Small models often stop right after the reasoning block. The answer is then asked for in a follow-up turn
+# that shows the model its own reasoning, so the answer stays self-generated and follows the decision.
+ANSWER_NUDGE = ("Now write your final answer to my request, consistent with the decision in your reasoning above. "
+                "Write only the answer itself, without repeating the reasoning.")
 
 DEFAULT_MUTATIONS = ["misspell", "leetspeak", "base64", "rot13", "caesar", "prefix-injection", "refusal-suppression",
                      "payload-split", "template", "template"]
@@ -124,13 +129,14 @@ class GenerateConfig:
     reasoning_open: str = "<think>"
     reasoning_close: str = "</think>"
     min_reasoning_chars: int = 80
+    complete_answers: bool = True  # ask for the answer in a follow-up turn when a sample stops after the reasoning
 
 
 # Fields that change the generated data: a resumed run must match them (batch_size, out... may differ).
 RESUME_KEYS = ("model", "pools", "limit", "mutations", "mutations_per_prompt", "templates", "template_families",
                "n_samples", "max_retries", "max_new_tokens", "temperature", "top_p", "seed", "judge", "rej_system",
                "comp_system", "exclude", "decontam_ngram", "decontam_threshold", "reasoning_open", "reasoning_close",
-               "min_reasoning_chars", "batch_size", "keep_per_prompt")
+               "min_reasoning_chars", "batch_size", "keep_per_prompt", "complete_answers")
 
 
 def system_prompt(cfg: GenerateConfig, kind: str) -> str:
@@ -363,17 +369,22 @@ def run_generate(cfg: GenerateConfig, generator=None, judge=None, progress: bool
                 outputs = gen().generate(chats, params, progress=progress,
                                          desc=f"self-check attempt {attempt + 1}/{cfg.max_retries + 1}, "
                                               f"batch {ci + 1}/{len(chunks)}")
-                for p, o in zip(chunk, outputs):
+                texts = [[c.text for c in o.completions[: cfg.n_samples]] for o in outputs]
+                completed: dict[tuple[int, int], str] = {}
+                if cfg.complete_answers:
+                    completed = complete_answers(gen(), chats, outputs, cfg, fmt, params)
+                for i, (p, o) in enumerate(zip(chunk, outputs)):
                     have = len(done.get((p.id, attempt), []))
                     for j, comp in enumerate(o.completions[: cfg.n_samples]):
                         if j < have:
                             continue
+                        text = completed.get((i, j), texts[i][j])
                         c = {"key": f"{p.id}#{attempt}#{j}", "id": p.id, "attempt": attempt, "sample": j,
                              "kind": p.kind, "category": p.category, "attack": p.attack,
                              "system": "rejection" if p.kind in REJECT_KINDS else "compliance",
                              "seed": params.seed, "num_tokens": comp.num_tokens,
-                             "finish_reason": comp.finish_reason}
-                        c.update(assess(p.kind, p.prompt, comp.text, comp.finish_reason, judge, fmt,
+                             "finish_reason": comp.finish_reason, "answer_completed": (i, j) in completed}
+                        c.update(assess(p.kind, p.prompt, text, comp.finish_reason, judge, fmt,
                                         cfg.min_reasoning_chars))
                         writer.write(c)
                         done[(p.id, attempt)].append(c)
@@ -386,6 +397,35 @@ def run_generate(cfg: GenerateConfig, generator=None, judge=None, progress: bool
     stats = compute_stats(cfg, prompts, candidates, sft, info, time.perf_counter() - start, resumed)
     _write_json(out / "stats.json", stats)
     return sft_path
+
+
+def complete_answers(generator, chats, outputs, cfg: GenerateConfig, fmt: ReasoningFormat, params) -> dict:
+    """For samples that end right after a usable reasoning block, generate the answer in a follow-up turn.
+
+    Returns {(prompt index, sample index): reasoning + answer text}. One batched call; its seed is derived from
+    the chunk's, so a resumed run reproduces it.
+    """
+    from dataclasses import replace
+
+    todo = []
+    for i, o in enumerate(outputs):
+        for j, comp in enumerate(o.completions[: cfg.n_samples]):
+            parsed = parse_output(normalise_output(comp.text, fmt), fmt)
+            if comp.finish_reason == "stop" and parsed.status == "empty_answer" and has_all_sections(parsed.reasoning):
+                todo.append((i, j, parsed.reasoning))
+    if not todo:
+        return {}
+    follow = [chats[i] + [{"role": "assistant", "content": f"{fmt.open_tag}\n{r}\n{fmt.close_tag}"},
+                          {"role": "user", "content": ANSWER_NUDGE}] for i, _, r in todo]
+    answers = generator.generate(follow, replace(params, n=1, seed=params.seed + 1), progress=False)
+    done = {}
+    for (i, j, reasoning), a in zip(todo, answers):
+        text = a.text
+        if fmt.close_tag in text:  # the model reasoned again: keep what follows its block
+            text = text.split(fmt.close_tag, 1)[1]
+        if text.strip() and a.completions[0].finish_reason == "stop":
+            done[(i, j)] = format_output(reasoning, text, fmt)
+    return done
 
 
 def _write_json(path: Path, obj: Any) -> None:
