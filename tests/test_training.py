@@ -149,10 +149,9 @@ def test_resume_gives_same_parameters_as_uninterrupted(sft_file, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch_equal(a[k], b[k]), k
-    # A different data order (seed) gives different weights, so the equality above is not vacuous.
-    other = run_train(_cfg(sft_file, tmp_path / "c", seed=1, **kw))
-    c = load_file(other / "adapter" / "adapter_model.safetensors")
-    assert any(not torch_equal(a[k], c[k]) for k in a)
+    # Steps 3-4 really ran after the resume: the final weights differ from the step-2 checkpoint's.
+    mid = load_file(full / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors")
+    assert all(not torch_equal(a[k], mid[k]) for k in a)
 
 
 def test_cli_train_then_chat_merge_and_artifacts(sft_file, tmp_path, capsys):
@@ -284,10 +283,11 @@ def test_out_of_memory_is_one_line(tmp_path):
 
     class OldOOMTrainer:
         def train(self, resume_from_checkpoint=None):
-            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate: out of memory")
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 8589934592 bytes. Error code 12 (Cannot allocate memory)")
 
     for t in (OOMTrainer(), OldOOMTrainer()):
-        with pytest.raises(UserError, match="out of memory while training .*lower --per-device-train-batch-size"):
+        with pytest.raises(UserError, match="out of memory while training .*lower --batch-size or --max-length"):
             _train(t, None, _cfg("x", tmp_path))
 
 

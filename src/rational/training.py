@@ -343,6 +343,10 @@ def _in_distributed_child() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "LOCAL_RANK" in os.environ
 
 
+# Set by `_launch_with_accelerate` for its children: the parent already checked and cleaned OUT.
+_CHILD_ENV = "RATIONAL_ACCELERATE_CHILD"
+
+
 # ------------------------------------------------------------------------------------------- trainer
 
 
@@ -390,11 +394,12 @@ def _sft_config(cfg: TrainConfig, torch_dtype, device: str):
     )
 
 
-def build_trainer(cfg: TrainConfig, prepared: Prepared | None = None):
+def build_trainer(cfg: TrainConfig, prepared: Prepared | None = None, model=None, tokenizer=None):
     """Load model + tokenizer and return `(trainer, prepared)`; nothing is trained yet.
 
     Split from `run_train` so tests (and curious users) can inspect `trainer.train_dataset` — the exact
-    input_ids/labels TRL will train on — before training.
+    input_ids/labels TRL will train on — before training. `model`/`tokenizer` may be passed already loaded
+    (the GPU benchmark builds random-init models from public configs); otherwise `cfg.model` is resolved.
     """
     import torch
     from datasets import Dataset
@@ -405,20 +410,21 @@ def build_trainer(cfg: TrainConfig, prepared: Prepared | None = None):
 
     _check_config(cfg)
     prepared = prepared or prepare_records(cfg)
-    resolved = resolve(cfg.model)
-    tokenizer = load_tokenizer(resolved)
+    resolved = resolve(cfg.model) if model is None or tokenizer is None else None
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(resolved)
     prepared = _apply_length_policy(prepared, tokenizer, cfg)
 
     device = pick_device()
     torch_dtype = pick_dtype(cfg.dtype, device)
     set_seed(int(cfg.seed))  # LoRA init and dropout draw from this
-    kwargs = {"dtype": torch_dtype}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
-    try:
-        model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
-    except OSError as e:
-        raise UserError(f"{resolved.spec}: could not load the model ({str(e).splitlines()[0][:200]})") from None
+    if model is None:
+        kwargs = {"dtype": torch_dtype}
+        if cfg.attn_implementation:
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        try:
+            model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
+        except OSError as e:
+            raise UserError(f"{resolved.spec}: could not load the model ({str(e).splitlines()[0][:200]})") from None
 
     peft_config = None
     if cfg.method == "lora":
@@ -444,8 +450,9 @@ def build_trainer(cfg: TrainConfig, prepared: Prepared | None = None):
 def _is_oom(err: BaseException) -> bool:
     import torch
 
+    text = str(err).lower()
     return isinstance(err, torch.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+        isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text))
 
 
 def _train(trainer, resume_from: str | None, cfg: TrainConfig):
@@ -456,8 +463,8 @@ def _train(trainer, resume_from: str | None, cfg: TrainConfig):
         if isinstance(e, MemoryError) or _is_oom(e):
             raise UserError(
                 f"out of memory while training (batch {cfg.per_device_train_batch_size}, max_length "
-                f"{cfg.max_length}); lower --per-device-train-batch-size or --max-length (raise "
-                "--gradient-accumulation-steps to keep the effective batch), or enable gradient_checkpointing"
+                f"{cfg.max_length}); lower --batch-size or --max-length (raise --grad-accum to keep the "
+                "effective batch), or set gradient_checkpointing: true in the recipe"
             ) from None
         raise
 
@@ -522,22 +529,26 @@ def merge_adapter(base_spec: str, adapter: str | Path, out: str | Path, dtype: s
     return out
 
 
-def _prepare_out(cfg: TrainConfig) -> None:
-    """Refuse to clobber a finished or interrupted run unless told what to do with it."""
+def _check_out(cfg: TrainConfig) -> None:
+    """Refuse to clobber a finished or interrupted run unless told what to do with it (read-only)."""
     out = Path(cfg.out)
+    if cfg.overwrite or cfg.resume:
+        return
     if is_trained(out):
-        if cfg.overwrite:
-            for name in ("adapter", "model", "merged", "checkpoints", "train_metrics.json"):
-                p = out / name
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        elif not cfg.resume:
-            raise UserError(f"{out}: already trained ({artifact_dir(out, cfg.method).name}/ exists); pass "
-                            "--overwrite to train again or use another --out")
-    elif _last_checkpoint(out) and not cfg.resume and not cfg.overwrite:
+        raise UserError(f"{out}: already trained ({artifact_dir(out, cfg.method).name}/ exists); pass "
+                        "--overwrite to train again or use another --out")
+    if _last_checkpoint(out):
         raise UserError(f"{out}/checkpoints: holds checkpoints of an unfinished run; pass --resume to continue it "
                         "or --overwrite to start over")
-    elif cfg.overwrite and (out / "checkpoints").is_dir():
-        shutil.rmtree(out / "checkpoints")
+
+
+def _clean_out(cfg: TrainConfig) -> None:
+    """With --overwrite: remove the previous run's artifacts and checkpoints (one process only)."""
+    out = Path(cfg.out)
+    if cfg.overwrite:
+        for name in ("adapter", "model", "merged", "checkpoints", "train_metrics.json"):
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -559,18 +570,24 @@ def run_train(cfg: TrainConfig) -> Path:
     if cfg.accelerate_config and not _in_distributed_child():
         return _launch_with_accelerate(cfg)
     out = Path(cfg.out)
-    if not _in_distributed_child():  # under accelerate the parent already did this, once
-        if is_trained(out) and cfg.resume and not cfg.overwrite:
-            print(f"[rational] {out}: already trained; nothing to resume", file=sys.stderr)
-            return out
-        _prepare_out(cfg)
+    launched_by_us = os.environ.get(_CHILD_ENV) == "1"  # then the parent process checked and cleaned OUT
+    if is_trained(out) and cfg.resume and not cfg.overwrite:
+        print(f"[rational] {out}: already trained; nothing to resume", file=sys.stderr)
+        return out
+    if not launched_by_us:
+        _check_out(cfg)  # read-only, so every rank of a manual `accelerate launch` may run it
+        if not _in_distributed_child():
+            _clean_out(cfg)
     started = time.time()
     trainer, prepared = build_trainer(cfg)
     acc = trainer.accelerator
     art = artifact_dir(out, cfg.method)
     partial = out / f".{art.name}.partial"
     if acc.is_main_process:
+        if _in_distributed_child() and not launched_by_us:
+            _clean_out(cfg)  # manual `accelerate launch`: rank 0 cleans while the others wait below
         shutil.rmtree(partial, ignore_errors=True)
+        Path(out).mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     acc.wait_for_everyone()
 
@@ -674,18 +691,22 @@ def _launch_with_accelerate(cfg: TrainConfig) -> Path:
     import yaml
     from accelerate.commands.launch import launch_command, launch_command_parser
 
-    _prepare_out(cfg)
     out = Path(cfg.out)
-    if is_trained(out):  # resume requested on a finished run
+    if is_trained(out) and cfg.resume and not cfg.overwrite:
         return out
+    _check_out(cfg)
+    _clean_out(cfg)
     child = dataclasses.replace(cfg, accelerate_config=None, num_processes=None, overwrite=False)
     config_yaml = out / "launch_config.yaml"
     config_yaml.write_text(yaml.safe_dump({"train": dataclasses.asdict(child)}, sort_keys=False))
     args = launch_command_parser().parse_args(accelerate_launch_args(cfg, config_yaml))
+    os.environ[_CHILD_ENV] = "1"  # inherited by the launched processes
     try:
         launch_command(args)
     except subprocess.CalledProcessError as e:
         raise UserError(f"training under accelerate failed (exit {e.returncode}); see the messages above") from None
+    finally:
+        os.environ.pop(_CHILD_ENV, None)
     if not is_trained(out):
         raise UserError(f"{out}: accelerate run ended without writing {artifact_dir(out, cfg.method).name}/")
     return out
