@@ -93,8 +93,12 @@ Start from the job ad: pick the two or three requirements you match best. Write 
 
 # Small models often stop right after the reasoning block. The answer is then asked for in a follow-up turn
 # that shows the model its own reasoning, so the answer stays self-generated and follows the decision.
-ANSWER_NUDGE = ("Now write your final answer to my request, consistent with the decision in your reasoning above. "
-                "Write only the answer itself, without repeating the reasoning.")
+ANSWER_NUDGE = {
+    "decline": "Now write your final reply to me. You decided to decline, so politely refuse in one or two sentences "
+               "without giving any of the requested details, and, if it helps, suggest a safe alternative.",
+    "comply": "Now write your final answer to my request. You decided to comply, so answer it helpfully, accurately "
+              "and completely, without repeating the reasoning.",
+}
 
 DEFAULT_MUTATIONS = ["misspell", "leetspeak", "base64", "rot13", "caesar", "prefix-injection", "refusal-suppression",
                      "payload-split", "template", "template"]
@@ -411,15 +415,17 @@ def complete_answers(generator, chats, outputs, cfg: GenerateConfig, fmt: Reason
     for i, o in enumerate(outputs):
         for j, comp in enumerate(o.completions[: cfg.n_samples]):
             parsed = parse_output(normalise_output(comp.text, fmt), fmt)
-            if comp.finish_reason == "stop" and parsed.status == "empty_answer" and has_all_sections(parsed.reasoning):
-                todo.append((i, j, parsed.reasoning))
+            decision = extract_decision(parsed.reasoning)
+            if (comp.finish_reason == "stop" and parsed.status == "empty_answer" and decision
+                    and has_all_sections(parsed.reasoning)):
+                todo.append((i, j, parsed.reasoning, decision))
     if not todo:
         return {}
     follow = [chats[i] + [{"role": "assistant", "content": f"{fmt.open_tag}\n{r}\n{fmt.close_tag}"},
-                          {"role": "user", "content": ANSWER_NUDGE}] for i, _, r in todo]
+                          {"role": "user", "content": ANSWER_NUDGE[d]}] for i, _, r, d in todo]
     answers = generator.generate(follow, replace(params, n=1, seed=params.seed + 1), progress=False)
     done = {}
-    for (i, j, reasoning), a in zip(todo, answers):
+    for (i, j, reasoning, _), a in zip(todo, answers):
         text = a.text
         if fmt.close_tag in text:  # the model reasoned again: keep what follows its block
             text = text.split(fmt.close_tag, 1)[1]
