@@ -100,6 +100,8 @@ def test_assess_filtering_rules():
     assert run("harmful", DECLINE.replace("Decision: decline", "Decision: maybe"))["reason"] == "no_decision"
     short = "<think>\nIntent: x\nContext and ethics: y\nPotential impact: z\nDecision: decline\n</think>\n\nI can't."
     assert assess("harmful", "p", short, "stop", j, FMT, 100)["reason"] == "reasoning_too_short"
+    assert assess("benign", "p", COMPLY, "stop", j, FMT, 40, 200)["reason"] == "answer_too_short"
+    assert assess("harmful", "p", DECLINE, "stop", j, FMT, 40, 200)["accepted"]  # refusals may be short
     garbage = run("benign", COMPLY + " GARBAGE")
     assert garbage["reason"] == "unjudged" and garbage["verdict"]["label"] is None
     boom = run("benign", COMPLY + " BOOM")
@@ -270,7 +272,7 @@ class StopsAfterReasoning(FakeGenerator):
             rejecting = "Decision: decline" in chat[0]["content"]
             if chat[-1]["role"] == "user" and len(chat) > 2:  # the follow-up turn
                 assert chat[-2]["role"] == "assistant" and chat[-2]["content"].startswith("<think>")
-                text = "I can't help with that." if rejecting else "Here is a helpful answer."
+                text = "I can't help with that." if rejecting else "Here is a helpful answer, with enough detail."
             else:
                 text = (DECLINE if rejecting else COMPLY).split("</think>")[0] + "</think>"
             outs.append(GenerationOutput([Completion(text, 3, "stop")]))
@@ -286,7 +288,7 @@ def test_answer_completed_in_follow_up_turn(tmp_path):
     sft = read_jsonl(path)
     assert len(sft) == 4
     assert parse_output(sft[0]["completion"][0]["content"], FMT).answer in ("I can't help with that.",
-                                                                            "Here is a helpful answer.")
+                                                                            "Here is a helpful answer, with enough detail.")
     off = run_generate(cfg_for(tmp_path, out=str(tmp_path / "off"), limit=4, max_retries=0, complete_answers=False),
                        generator=StopsAfterReasoning(), judge=FakeJudge(), progress=False)
     assert {c["reason"] for c in read_jsonl(off.parent / "candidates.jsonl")} == {"malformed:empty_answer"}

@@ -133,6 +133,7 @@ class GenerateConfig:
     reasoning_open: str = "<think>"
     reasoning_close: str = "</think>"
     min_reasoning_chars: int = 80
+    min_answer_chars: int = 40  # a compliance answer shorter than this is not "helpful" (e.g. "You should comply.")
     complete_answers: bool = True  # ask for the answer in a follow-up turn when a sample stops after the reasoning
 
 
@@ -140,7 +141,8 @@ class GenerateConfig:
 RESUME_KEYS = ("model", "pools", "limit", "mutations", "mutations_per_prompt", "templates", "template_families",
                "n_samples", "max_retries", "max_new_tokens", "temperature", "top_p", "seed", "judge", "rej_system",
                "comp_system", "exclude", "decontam_ngram", "decontam_threshold", "reasoning_open", "reasoning_close",
-               "min_reasoning_chars", "batch_size", "keep_per_prompt", "complete_answers")
+               "min_reasoning_chars", "batch_size", "keep_per_prompt", "complete_answers",
+               "min_answer_chars")
 
 
 def system_prompt(cfg: GenerateConfig, kind: str) -> str:
@@ -228,7 +230,7 @@ def normalise_output(text: str, fmt: ReasoningFormat) -> str:
 
 
 def assess(kind: str, prompt: str, text: str, finish_reason: str, judge, fmt: ReasoningFormat,
-           min_reasoning_chars: int) -> dict:
+           min_reasoning_chars: int, min_answer_chars: int = 0) -> dict:
     """Normalise, parse and judge one sample; returns the candidate fields incl. `accepted` and `reason`."""
     rejecting = kind in REJECT_KINDS
     norm = normalise_output(text, fmt)
@@ -262,6 +264,8 @@ def assess(kind: str, prompt: str, text: str, finish_reason: str, judge, fmt: Re
         reason = "answer_not_refusal"
     elif not rejecting and judged_refusal:
         reason = "answer_refused"
+    elif not rejecting and len(parsed.answer) < min_answer_chars:
+        reason = "answer_too_short"
     else:
         reason = None
     return {"text": norm, "raw": text if norm != text else None, "status": parsed.status, "decision": decision,
@@ -389,7 +393,7 @@ def run_generate(cfg: GenerateConfig, generator=None, judge=None, progress: bool
                              "seed": params.seed, "num_tokens": comp.num_tokens,
                              "finish_reason": comp.finish_reason, "answer_completed": (i, j) in completed}
                         c.update(assess(p.kind, p.prompt, text, comp.finish_reason, judge, fmt,
-                                        cfg.min_reasoning_chars))
+                                        cfg.min_reasoning_chars, cfg.min_answer_chars))
                         writer.write(c)
                         done[(p.id, attempt)].append(c)
     finally:
