@@ -401,7 +401,6 @@ def build_trainer(cfg: TrainConfig, prepared: Prepared | None = None, model=None
     input_ids/labels TRL will train on — before training. `model`/`tokenizer` may be passed already loaded
     (the GPU benchmark builds random-init models from public configs); otherwise `cfg.model` is resolved.
     """
-    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTTrainer
