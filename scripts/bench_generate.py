@@ -60,7 +60,9 @@ def main() -> None:
                          "tok_per_s": round(toks / dt, 1)})
             print(json.dumps(rows[-1]), flush=True)
         del gen
-    base = next(r for r in rows if r["batch_size"] == 1)["tok_per_s"]
+    # Ratios are against fp32 batch 1 (plain transformers defaults) when measured, else the first batch-1 row.
+    b1 = [r for r in rows if r["batch_size"] == 1]
+    base = next((r for r in b1 if r["dtype"] in ("float32", "fp32")), b1[0] if b1 else rows[0])["tok_per_s"]
     print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, native bf16: {cpu_supports_bf16()}")
     print(f"{'dtype':<10}{'batch':>6}{'prompts':>8}{'tokens':>8}{'s':>8}{'tok/s':>8}{'x vs fp32 b1':>14}")
