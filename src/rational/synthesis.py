@@ -135,6 +135,7 @@ class GenerateConfig:
     min_reasoning_chars: int = 80
     min_answer_chars: int = 40  # a compliance answer shorter than this is not "helpful" (e.g. "You should comply.")
     complete_answers: bool = True  # ask for the answer in a follow-up turn when a sample stops after the reasoning
+    answer_max_new_tokens: int | None = None  # token limit of that follow-up answer (None: max_new_tokens)
 
 
 # Fields that change the generated data: a resumed run must match them (batch_size, out... may differ).
@@ -142,7 +143,7 @@ RESUME_KEYS = ("model", "pools", "limit", "mutations", "mutations_per_prompt", "
                "n_samples", "max_retries", "max_new_tokens", "temperature", "top_p", "seed", "judge", "rej_system",
                "comp_system", "exclude", "decontam_ngram", "decontam_threshold", "reasoning_open", "reasoning_close",
                "min_reasoning_chars", "batch_size", "keep_per_prompt", "complete_answers",
-               "min_answer_chars")
+               "min_answer_chars", "answer_max_new_tokens")
 
 
 def system_prompt(cfg: GenerateConfig, kind: str) -> str:
@@ -427,7 +428,9 @@ def complete_answers(generator, chats, outputs, cfg: GenerateConfig, fmt: Reason
         return {}
     follow = [chats[i] + [{"role": "assistant", "content": f"{fmt.open_tag}\n{r}\n{fmt.close_tag}"},
                           {"role": "user", "content": ANSWER_NUDGE[d]}] for i, _, r, d in todo]
-    answers = generator.generate(follow, replace(params, n=1, seed=params.seed + 1), progress=False)
+    answers = generator.generate(follow, replace(params, n=1, seed=params.seed + 1,
+                                                 max_new_tokens=cfg.answer_max_new_tokens or params.max_new_tokens),
+                                 progress=False)
     done = {}
     for (i, j, reasoning, _), a in zip(todo, answers):
         text = a.text
