@@ -95,3 +95,21 @@ def test_openai_backend_gives_up_with_one_line(monkeypatch):
 def test_unknown_backend():
     with pytest.raises(UserError, match="unknown backend"):
         load_generator("tgi", "tiny-random")
+
+
+def test_fast_top_p_matches_transformers_warpers():
+    import torch
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from rational.generation import TemperatureTopP
+
+    torch.manual_seed(0)
+    peaked = torch.randn(6, 5000) * 6  # nucleus inside the top-k
+    flat = torch.randn(3, 5000) * 0.01  # nucleus far wider than k: exercises the full-sort fallback
+    for logits in (peaked, flat, torch.cat([peaked, flat])):
+        for t, p in ((0.7, 0.95), (1.0, 0.5), (1.3, 0.99)):
+            ref = TopPLogitsWarper(p)(None, TemperatureLogitsWarper(t)(None, logits.clone()))
+            ours = TemperatureTopP(t, p, k=64)(None, logits.clone())
+            assert torch.equal(torch.isinf(ref), torch.isinf(ours)), (t, p)
+            kept = ~torch.isinf(ref)
+            assert torch.allclose(ref[kept], ours[kept])

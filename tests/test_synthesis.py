@@ -292,3 +292,25 @@ def test_answer_completed_in_follow_up_turn(tmp_path):
     off = run_generate(cfg_for(tmp_path, out=str(tmp_path / "off"), limit=4, max_retries=0, complete_answers=False),
                        generator=StopsAfterReasoning(), judge=FakeJudge(), progress=False)
     assert {c["reason"] for c in read_jsonl(off.parent / "candidates.jsonl")} == {"malformed:empty_answer"}
+
+
+def test_reasoning_copied_from_the_one_shot_example_is_rejected():
+    from rational.judges import RefusalKeywordJudge
+    from rational.reasoning import ReasoningFormat
+    from rational.synthesis import COMPLIANCE_SYSTEM, assess, copied_from_example
+
+    fmt = ReasoningFormat()
+    system = COMPLIANCE_SYSTEM.format(open=fmt.open_tag, close=fmt.close_tag)
+    parrot = ("<think>\nIntent: The user wants to shoot a photo of the sunset.\nContext and ethics: This is an "
+              "everyday hobby with no ethical concern.\nPotential impact: A clear answer helps them apply for jobs "
+              "and could not hurt anyone.\nDecision: comply\n</think>\n\nUse the golden hour and lock the exposure "
+              "on the sky so the colours stay rich.")
+    own = parrot.replace("A clear answer helps them apply for jobs and could not hurt anyone",
+                         "Photography tips are harmless and help the user enjoy their evening")
+    assert copied_from_example("helps them apply for jobs and could not hurt anyone", system, fmt) is not None
+    assert copied_from_example("Decision: comply", system, fmt) is None  # labels alone never count
+    judge = RefusalKeywordJudge()
+    args = ("borderline", "How do I shoot a sunset?")
+    assert assess(*args, parrot, "stop", judge, fmt, 20, 10, system, 6)["reason"] == "copied_example"
+    assert assess(*args, own, "stop", judge, fmt, 20, 10, system, 6)["accepted"]
+    assert assess(*args, parrot, "stop", judge, fmt, 20, 10, system, 0)["accepted"]  # filter off

@@ -79,6 +79,44 @@ def _progress(total: int, desc: str, enabled: bool):
     )
 
 
+class TemperatureTopP:
+    """Temperature + exact nucleus (top-p) filtering that does not sort the whole vocabulary.
+
+    transformers' TopPLogitsWarper sorts every row's ~150k logits at every decoding step: 0.22 s for 32 rows on
+    2 CPU cores (measured), about as long as the forward pass itself. The nucleus nearly always lies within the
+    top few hundred tokens, so only those are sorted (`topk`); a row whose top-`k` mass is still below `top_p`
+    falls back to the full sort, so the kept set is exactly the one the full sort would keep: the smallest set
+    of most likely tokens whose probability mass reaches `top_p`.
+    """
+
+    def __init__(self, temperature: float, top_p: float, k: int = 256):
+        self.temperature = temperature
+        self.top_p = top_p
+        self.k = k
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        scores = scores / self.temperature
+        if self.top_p >= 1.0:
+            return scores
+        probs = scores.float().softmax(-1)
+        k = min(self.k, probs.shape[-1])
+        top, idx = probs.topk(k, dim=-1)  # sorted, largest first
+        cum = top.cumsum(-1)
+        remove = torch.ones_like(probs, dtype=torch.bool)
+        remove.scatter_(1, idx, (cum - top) >= self.top_p)  # keep a token while the mass before it < top_p
+        short = cum[:, -1] < self.top_p
+        if short.any():  # rare: a flat distribution; do the full sort for those rows
+            rows = short.nonzero().flatten()
+            sp, si = probs[rows].sort(-1, descending=True)
+            c = sp.cumsum(-1)
+            sub = torch.ones_like(sp, dtype=torch.bool)
+            sub.scatter_(1, si, (c - sp) >= self.top_p)
+            remove[rows] = sub
+        return scores.masked_fill(remove, float("-inf"))
+
+
 class HFGenerator:
     """Batched generation with transformers. Loads through the model resolver (`models.py`)."""
 
@@ -134,7 +172,12 @@ class HFGenerator:
                 kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=do_sample, num_return_sequences=n,
                               eos_token_id=self.eos_ids, pad_token_id=pad_id, use_cache=True)
                 if do_sample:
-                    kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+                    # Our own warper replaces transformers' temperature/top-p (see TemperatureTopP); HF's own
+                    # warpers are switched off so nothing is applied twice.
+                    from transformers import LogitsProcessorList
+
+                    kwargs.update(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList(
+                        [TemperatureTopP(params.temperature, params.top_p)]))
                     torch.manual_seed(params.seed + b)
                 else:  # keep greedy decoding free of sampling defaults from generation_config.json
                     kwargs.update(temperature=None, top_p=None, top_k=None)

@@ -136,6 +136,7 @@ class GenerateConfig:
     min_answer_chars: int = 40  # a compliance answer shorter than this is not "helpful" (e.g. "You should comply.")
     complete_answers: bool = True  # ask for the answer in a follow-up turn when a sample stops after the reasoning
     answer_max_new_tokens: int | None = None  # token limit of that follow-up answer (None: max_new_tokens)
+    max_copied_ngram: int = 8  # reject reasoning copying this many consecutive words of the one-shot example (0: off)
 
 
 # Fields that change the generated data: a resumed run must match them (batch_size, out... may differ).
@@ -143,7 +144,7 @@ RESUME_KEYS = ("model", "pools", "limit", "mutations", "mutations_per_prompt", "
                "n_samples", "max_retries", "max_new_tokens", "temperature", "top_p", "seed", "judge", "rej_system",
                "comp_system", "exclude", "decontam_ngram", "decontam_threshold", "reasoning_open", "reasoning_close",
                "min_reasoning_chars", "batch_size", "keep_per_prompt", "complete_answers",
-               "min_answer_chars", "answer_max_new_tokens")
+               "min_answer_chars", "answer_max_new_tokens", "max_copied_ngram")
 
 
 def system_prompt(cfg: GenerateConfig, kind: str) -> str:
@@ -230,9 +231,41 @@ def normalise_output(text: str, fmt: ReasoningFormat) -> str:
     return format_output(reasoning, parsed.answer, fmt)
 
 
+_LABEL_WORDS = {w for name in SECTIONS for w in name.lower().split()}
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in _LABEL_WORDS]
+
+
+def copied_from_example(reasoning: str | None, system: str | None, fmt: ReasoningFormat, n: int = 6) -> str | None:
+    """The first run of `n` words that the reasoning copies from the one-shot example in the system prompt.
+
+    Small models parrot the example ("A clear answer helps them apply for jobs" for a photo question); such
+    rationales teach the fine-tuned model to reason by template rather than about the request, so they are
+    rejected. Section labels are ignored, so "Decision: decline" alone never counts as copying.
+    """
+    if not reasoning or not system or n <= 0 or fmt.open_tag not in system or fmt.close_tag not in system:
+        return None
+    # The example's reasoning is the last tagged block (the instructions mention the tags earlier).
+    example = system.rsplit(fmt.open_tag, 1)[1].split(fmt.close_tag, 1)[0]
+    ex = _words(example)
+    grams = {tuple(ex[i : i + n]) for i in range(len(ex) - n + 1)}
+    words = _words(reasoning)
+    for i in range(len(words) - n + 1):
+        if tuple(words[i : i + n]) in grams:
+            return " ".join(words[i : i + n])
+    return None
+
+
 def assess(kind: str, prompt: str, text: str, finish_reason: str, judge, fmt: ReasoningFormat,
-           min_reasoning_chars: int, min_answer_chars: int = 0) -> dict:
-    """Normalise, parse and judge one sample; returns the candidate fields incl. `accepted` and `reason`."""
+           min_reasoning_chars: int, min_answer_chars: int = 0, system: str | None = None,
+           max_copied_ngram: int = 0) -> dict:
+    """Normalise, parse and judge one sample; returns the candidate fields incl. `accepted` and `reason`.
+
+    `system` (the self-check prompt used) and `max_copied_ngram` > 0 reject reasoning that copies that many
+    consecutive words from the prompt's one-shot example.
+    """
     rejecting = kind in REJECT_KINDS
     norm = normalise_output(text, fmt)
     parsed = parse_output(norm, fmt)
@@ -259,6 +292,8 @@ def assess(kind: str, prompt: str, text: str, finish_reason: str, judge, fmt: Re
         reason = f"decision_{decision}"
     elif len(parsed.reasoning or "") < min_reasoning_chars:
         reason = "reasoning_too_short"
+    elif copied_from_example(parsed.reasoning, system, fmt, max_copied_ngram):
+        reason = "copied_example"
     elif judged_refusal is None:
         reason = "unjudged"
     elif rejecting and not judged_refusal:
@@ -394,7 +429,8 @@ def run_generate(cfg: GenerateConfig, generator=None, judge=None, progress: bool
                              "seed": params.seed, "num_tokens": comp.num_tokens,
                              "finish_reason": comp.finish_reason, "answer_completed": (i, j) in completed}
                         c.update(assess(p.kind, p.prompt, text, comp.finish_reason, judge, fmt,
-                                        cfg.min_reasoning_chars, cfg.min_answer_chars))
+                                        cfg.min_reasoning_chars, cfg.min_answer_chars,
+                                        system_prompt(cfg, p.kind), cfg.max_copied_ngram))
                         writer.write(c)
                         done[(p.id, attempt)].append(c)
     finally:
