@@ -5,7 +5,6 @@ import json
 import pytest
 
 from rational.cli import main
-from rational.errors import UserError
 
 
 def _run(out):

@@ -1,6 +1,5 @@
 """`rational report`: renders standalone HTML with plots and tables, report.md, and truncates harmful answers."""
 
-import json
 
 import pytest
 
@@ -8,7 +7,7 @@ from rational.cli import main
 from rational.evaluation import EvalConfig, run_eval
 from rational.report import TRUNCATE_MARK, build_report, headline_rows, safe_trace
 
-from test_evaluation import ROWS, ScriptedModel, _prompts
+from test_evaluation import ScriptedModel, _prompts
 
 
 @pytest.fixture(scope="module")

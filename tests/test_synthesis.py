@@ -295,7 +295,6 @@ def test_answer_completed_in_follow_up_turn(tmp_path):
 
 
 def test_reasoning_copied_from_the_one_shot_example_is_rejected():
-    from rational.judges import RefusalKeywordJudge
     from rational.reasoning import ReasoningFormat
     from rational.synthesis import COMPLIANCE_SYSTEM, assess, copied_from_example
 

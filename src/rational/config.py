@@ -123,3 +123,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config next to a stage's outputs (YAML, reloadable as a recipe section)."""
     Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(cfg), default=str)), sort_keys=False))
+
+
+def library_versions() -> dict[str, str]:
+    """Python, platform and the versions of the libraries a result depends on (recorded next to every run)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor()}
+    for pkg in ("rational", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out

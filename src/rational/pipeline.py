@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
-import platform
 import sys
 import time
 import traceback
@@ -30,7 +29,7 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from .config import load_yaml, resolve_config, save_config
+from .config import library_versions, load_yaml, resolve_config, save_config
 from .errors import UserError
 
 PRESETS = {
@@ -99,18 +98,6 @@ def mark_done(stage_dir: Path, info: dict) -> None:
     tmp = _done_file(stage_dir).with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(_done_file(stage_dir))
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor()}
-    from importlib.metadata import PackageNotFoundError, version
-
-    for pkg in ("rational", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def _take(records: list, n: int, seed: int) -> list:
@@ -249,8 +236,6 @@ class Runner:
                 raise UserError(f"stage {stage}: disk full under {self.run_dir}; free space and run the same "
                                 "command again to resume") from None
             raise self._fail(stage, stage_dir, e) from None
-        except (KeyboardInterrupt, UserError):
-            raise
         except Exception as e:  # noqa: BLE001 - report any stage failure as one line + a log file
             raise self._fail(stage, stage_dir, e) from None
         dt = time.perf_counter() - t0
@@ -283,7 +268,7 @@ def run_pipeline(cfg: RunConfig, recipe: Path | None, run_dir: Path) -> Path:
     save_config(cfg, run_dir / "run_config.yaml")
     meta_file = run_dir / "run.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"starts": []}
-    meta.update({"recipe": str(recipe) if recipe else None, "versions": versions(), "seed": cfg.seed,
+    meta.update({"recipe": str(recipe) if recipe else None, "versions": library_versions(), "seed": cfg.seed,
                  "model": cfg.model, "command": sys.argv})
     meta["starts"].append(time.strftime("%Y-%m-%dT%H:%M:%S"))
     meta_file.write_text(json.dumps(meta, indent=2))

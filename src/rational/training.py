@@ -48,6 +48,7 @@ from typing import Annotated, Any, Callable
 
 import typer
 
+from .config import library_versions
 from .errors import UserError
 from .models import DEFAULT_MODEL
 from .reasoning import ReasoningFormat, parse_output
@@ -487,18 +488,6 @@ def _peak_memory_mb(device: str) -> dict[str, float]:
     return mem
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("rational", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
@@ -633,7 +622,7 @@ def run_train(cfg: TrainConfig) -> Path:
             **_peak_memory_mb(device),
             "counts": prepared.counts,
             "config": dataclasses.asdict(cfg),
-            "versions": _versions(),
+            "versions": library_versions(),
         }
         _write_json_atomic(out / "train_metrics.json", metrics)
         if art.exists():
