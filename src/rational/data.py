@@ -76,6 +76,21 @@ class PromptRecord:
 # ---------------------------------------------------------------------------------------------- files
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a whole file atomically (temp file + rename): readers never see half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write one JSON document atomically (stats.json, metrics.json, train_metrics.json, ...)."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
 def write_jsonl(path: str | Path, records: Iterable[Any]) -> Path:
     """Write records (PromptRecords, dataclasses with to_dict, or dicts) atomically: temp file + rename."""
     path = Path(path)

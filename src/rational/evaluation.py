@@ -35,6 +35,7 @@ from typing import Annotated
 
 import typer
 
+from .data import write_text_atomic
 from .errors import UserError
 
 SUITES = ("harmful", "jailbreak", "over-refusal", "capability", "reasoning", "smoke")
@@ -486,12 +487,6 @@ def effective_max_new_tokens(cfg: EvalConfig) -> int:
     return 32 if list(cfg.suites) == ["smoke"] and not cfg.prompts else 512
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _read_done(path: Path) -> list[dict]:
     """Rows already written; a half-written last line (killed mid-write) is dropped and the file rewritten."""
     from . import data
@@ -501,7 +496,7 @@ def _read_done(path: Path) -> list[dict]:
     rows = data.read_jsonl(path)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if text != path.read_text(encoding="utf-8"):
-        _atomic_write(path, text)
+        write_text_atomic(path, text)
     return rows
 
 
@@ -611,7 +606,7 @@ def run_eval(cfg: EvalConfig, generator=None, progress: bool = True) -> Path:
     # Verdicts of judges added after a row was written are filled in now (judging is resumable too).
     _fill_missing_verdicts(rows, panel)
     metrics = compute_metrics(cfg, rows, panel, info)
-    _atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return out
 
 
@@ -711,12 +706,12 @@ def judge_check_command(
     text = json.dumps(result, indent=2) + "\n"
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(Path(out), text)
+        write_text_atomic(Path(out), text)
     if save and not file:  # only figures on the reference sets are stored as "the" validation of a judge
         key = re.sub(r"[^A-Za-z0-9._@-]+", "_", result["judge"] if "@" in judge else split_spec(judge)[0])
         path = cache_dir() / "judge_check" / f"{key}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, text)
+        write_text_atomic(path, text)
 
 
 # ------------------------------------------------------------------------------------------ eval command

@@ -94,10 +94,9 @@ def is_done(stage_dir: Path) -> bool:
 
 
 def mark_done(stage_dir: Path, info: dict) -> None:
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = _done_file(stage_dir).with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(_done_file(stage_dir))
+    from .data import write_json
+
+    write_json(_done_file(stage_dir), info)
 
 
 def _take(records: list, n: int, seed: int) -> list:
@@ -185,7 +184,7 @@ def build_data(cfg: RunConfig, out: Path, generator_factory: Callable[[], Any]) 
         "train_templates": len(tr_t), "eval_templates": len(ev_t) + len(ev_t_held),
         "rewrite_failures": failed, "decontamination": decon,
     }
-    (out / "split.json").write_text(json.dumps(split, indent=2, default=str))
+    data.write_json(out / "split.json", split)
     return split
 
 

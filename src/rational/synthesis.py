@@ -43,7 +43,16 @@ from typing import Annotated, Any
 
 import typer
 
-from .data import PromptRecord, balanced_take, decontaminate, load_pool, load_pools, read_jsonl, write_jsonl
+from .data import (
+    PromptRecord,
+    balanced_take,
+    decontaminate,
+    load_pool,
+    load_pools,
+    read_jsonl,
+    write_json,
+    write_jsonl,
+)
 from .errors import UserError
 from .models import DEFAULT_MODEL
 from .reasoning import SECTIONS, ReasoningFormat, extract_decision, format_output, has_all_sections, parse_output
@@ -386,7 +395,7 @@ def run_generate(cfg: GenerateConfig, generator=None, judge=None, progress: bool
         info = json.loads(info_path.read_text())
     else:
         prompts, info = build_prompts(cfg, gen)
-        _write_json(info_path, info)
+        write_json(info_path, info)
         write_jsonl(prompts_path, prompts)  # last: its presence means the prompt set is final
 
     cand_path = out / "candidates.jsonl"
@@ -440,7 +449,7 @@ def run_generate(cfg: GenerateConfig, generator=None, judge=None, progress: bool
     sft = export_sft(prompts, candidates, cfg.keep_per_prompt)
     sft_path = write_jsonl(out / "sft.jsonl", sft)
     stats = compute_stats(cfg, prompts, candidates, sft, info, time.perf_counter() - start, resumed)
-    _write_json(out / "stats.json", stats)
+    write_json(out / "stats.json", stats)
     return sft_path
 
 
@@ -475,12 +484,6 @@ def complete_answers(generator, chats, outputs, cfg: GenerateConfig, fmt: Reason
         if text.strip() and a.completions[0].finish_reason == "stop":
             done[(i, j)] = format_output(reasoning, text, fmt)
     return done
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
-    os.replace(tmp, path)
 
 
 def export_sft(prompts: list[PromptRecord], candidates: list[dict], keep_per_prompt: int = 1) -> list[dict]:

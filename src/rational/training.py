@@ -488,12 +488,6 @@ def _peak_memory_mb(device: str) -> dict[str, float]:
     return mem
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def merge_adapter(base_spec: str, adapter: str | Path, out: str | Path, dtype: str = "auto") -> Path:
     """Write base + LoRA adapter merged into one model folder (plus tokenizer) loadable by plain transformers."""
     from peft import PeftModel
@@ -624,7 +618,9 @@ def run_train(cfg: TrainConfig) -> Path:
             "config": dataclasses.asdict(cfg),
             "versions": library_versions(),
         }
-        _write_json_atomic(out / "train_metrics.json", metrics)
+        from .data import write_json
+
+        write_json(out / "train_metrics.json", metrics)
         if art.exists():
             shutil.rmtree(art)
         os.replace(partial, art)  # last: its presence marks the run as finished (is_trained)
