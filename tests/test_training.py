@@ -21,6 +21,7 @@ from rational.training import (
     TrainConfig,
     _apply_length_policy,
     _train,
+    balance_decisions,
     build_trainer,
     is_trained,
     prepare_records,
@@ -228,6 +229,32 @@ def test_refusal_sft_targets_have_no_reasoning(tmp_path):
     for row in trainer.train_dataset:
         text = tok.decode([x for x in row["labels"] if x != -100])
         assert "<think>" not in text and "</think>" not in text
+
+
+def test_balance_decisions_repeats_the_smaller_side(tmp_path):
+    # 3 decline + 1 comply + 1 unknown: the comply record is repeated twice, the unknown one is left alone.
+    extra = [("Explain how to break into a car.", "harmful", "Intent: theft.\nDecision: decline", "I can't help."),
+             ("Summarise this text.", "unknown", "Intent: summary.\nDecision: comply", "Sure.")]
+    rows = [_row(*r, i=i) for i, r in enumerate(RECORDS[1:] + extra)]
+    data = _write(tmp_path / "sft.jsonl", rows)
+    plain = prepare_records(_cfg(data, tmp_path / "o"))
+    assert "balance" not in plain.counts and len(plain.records) == 5
+    prep = prepare_records(_cfg(data, tmp_path / "o", balance_decisions=True))
+    assert prep.kinds.count("benign") == 3 and prep.kinds.count("unknown") == 1
+    assert sum(k in ("harmful", "adversarial") for k in prep.kinds) == 3
+    assert prep.records[:5] == plain.records  # originals first, in order
+    assert all(r == plain.records[0] for r in prep.records[5:])  # repeats are copies of the comply record
+    assert prep.counts["balance"] == {"decline_before": 3, "comply_before": 1, "repeated": 2,
+                                      "decline_after": 3, "comply_after": 3}
+    # Remainder is a seeded sample without replacement: 2 decline + 5 comply -> each decline record once more,
+    # plus one of them a second time, chosen by the seed.
+    kinds = ["harmful", "adversarial"] + ["benign"] * 5
+    recs = [{"i": i} for i in range(7)]
+    out, out_kinds, info = balance_decisions(recs, kinds, seed=1)
+    assert info["repeated"] == 3 and out_kinds.count("benign") == 5
+    reps = [r["i"] for r in out[7:]]
+    assert len(reps) == 3 and set(reps) == {0, 1} and out == balance_decisions(recs, kinds, seed=1)[0]
+    assert balance_decisions(recs[:2], kinds[:2])[2]["skipped"] == "one side is empty"
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -9,7 +9,8 @@ What happens, in order (`run_train`):
         "meta": {"kind": "harmful" | "adversarial" | "benign", ...}}
 
    Every problem (a missing column, an empty file, unclosed reasoning tags, ...) is one `UserError` line that
-   names the file and line. `meta` is dropped before training; its `kind` is only counted in the metrics.
+   names the file and line. `meta` is dropped before training; its `kind` is counted in the metrics and, with
+   `balance_decisions`, used to repeat the smaller side (decline vs comply) until both sides are equal.
 2. **Apply the method's target transform** (`BASELINES`). The Rational method trains on the completions as they
    are (reasoning + answer). The `refusal-sft` baseline keeps the same prompts but strips the reasoning, so the
    comparison uses the same candidate pool.
@@ -57,6 +58,7 @@ METHODS = ("lora", "full")
 TRUNCATION_MODES = ("truncate", "drop")
 # Prompt kinds whose correct behaviour is to decline (the rest, e.g. "benign", should be answered).
 DECLINE_KINDS = frozenset({"harmful", "adversarial", "jailbreak", "unsafe"})
+COMPLY_KINDS = frozenset({"benign", "borderline", "safe"})
 # The fixed target used by refusal-sft when a harmful/adversarial record has no usable plain answer.
 PLAIN_REFUSAL = "I'm sorry, but I can't help with that request."
 PROFILES = ("single_gpu", "ddp", "fsdp2", "zero3")
@@ -94,6 +96,10 @@ class TrainConfig:
     seed: int = 0
     warmup_ratio: float = 0.03  # SFTConfig.warmup_steps accepts a fraction of the total steps
     lr_scheduler_type: str = "cosine"
+    # Upsample the minority decision (decline: harmful/adversarial; comply: benign/borderline) by repeating its
+    # records, seeded, until both sides have the same count. Off by default. At tiny data sizes the majority
+    # decision otherwise becomes the model's default answer (see BENCHMARKS.md, demo runs).
+    balance_decisions: bool = False
     weight_decay: float = 0.0
     report_to: str = "none"  # "none" | "wandb" | "trackio" | "tensorboard"; no network calls unless asked
     resume: bool = False  # continue from the last checkpoint in OUT/checkpoints (fresh start if none)
@@ -247,7 +253,33 @@ def prepare_records(cfg: TrainConfig) -> Prepared:
         records, kinds = out_records, out_kinds
         if not records:
             raise UserError(f"{cfg.data}: no record is left for baseline '{cfg.baseline}' (all answers empty)")
+    if cfg.balance_decisions:
+        records, kinds, counts["balance"] = balance_decisions(records, kinds, cfg.seed)
     return Prepared(records, kinds, counts)
+
+
+def balance_decisions(records: list[dict], kinds: list[str], seed: int = 0) -> tuple[list[dict], list[str], dict]:
+    """Repeat records of the smaller decision side (decline vs comply) until both sides are equal.
+
+    Records whose kind is neither (e.g. "unknown") are kept once and not counted. Whole copies first, then a
+    seeded sample without replacement for the remainder, so every minority record appears k or k+1 times.
+    The repeats are appended after the originals; the Trainer shuffles them.
+    """
+    import random
+
+    decline = [i for i, k in enumerate(kinds) if k in DECLINE_KINDS]
+    comply = [i for i, k in enumerate(kinds) if k in COMPLY_KINDS]
+    info = {"decline_before": len(decline), "comply_before": len(comply), "repeated": 0}
+    if not decline or not comply or len(decline) == len(comply):
+        info["skipped"] = "one side is empty" if not decline or not comply else "already balanced"
+        return records, kinds, info
+    small, big = (decline, comply) if len(decline) < len(comply) else (comply, decline)
+    need = len(big) - len(small)
+    extra = small * (need // len(small)) + random.Random(seed).sample(small, need % len(small))
+    info["repeated"] = len(extra)
+    info["decline_after"] = info["decline_before"] + (len(extra) if small is decline else 0)
+    info["comply_after"] = info["comply_before"] + (len(extra) if small is comply else 0)
+    return records + [records[i] for i in extra], kinds + [kinds[i] for i in extra], info
 
 
 def _apply_length_policy(prepared: Prepared, tokenizer, cfg: TrainConfig) -> Prepared:
@@ -730,6 +762,9 @@ def train_command(
     accelerate_config: Annotated[str | None, typer.Option(help="single_gpu | ddp | fsdp2 | zero3 | YAML path.")]
     = None,
     num_processes: Annotated[int | None, typer.Option(help="Processes for accelerate launch.")] = None,
+    balance_decisions: Annotated[bool | None, typer.Option(
+        "--balance-decisions/--no-balance-decisions",
+        help="Repeat the smaller side (decline vs comply records) until both are equal.")] = None,
 ) -> None:
     from .config import resolve_config
 
@@ -740,6 +775,7 @@ def train_command(
         "truncation": truncation, "lora_r": lora_r, "lora_target_modules": lora_target_modules, "dtype": dtype,
         "save_steps": save_steps, "seed": seed, "resume": resume, "overwrite": overwrite, "merge": merge,
         "accelerate_config": accelerate_config, "num_processes": num_processes,
+        "balance_decisions": balance_decisions,
     }
     cfg = resolve_config(TrainConfig, config, "train", overrides)
     if cfg.baseline in ("none", "", "rational"):
