@@ -87,7 +87,7 @@ def test_named_source_needs_data_root(monkeypatch, tmp_path):
 def test_public_sources(shared_data, monkeypatch):
     monkeypatch.setenv("RATIONAL_DATA", str(shared_data))
     expect = {"advbench": 520, "harmbench": 80, "jbb-harmful": 100, "jbb-benign": 100, "xstest-safe": 250,
-              "xstest-unsafe": 200, "coconot-eval": 1001, "coconot-contrast": 927, "gsm8k": 100, "do-not-answer": 939}
+              "xstest-unsafe": 200, "coconot-eval": 395, "coconot-contrast": 927, "gsm8k": 100, "do-not-answer": 939}
     for name, n in expect.items():
         recs = load_pool(name)
         assert len(recs) == n, name
@@ -95,6 +95,10 @@ def test_public_sources(shared_data, monkeypatch):
         assert all(r.prompt.strip() for r in recs)
     assert load_pool("advbench")[12].id == "advbench-0012"
     assert {r.kind for r in load_pool("xstest-safe")} == {"borderline"}
+    # CoCoNot: only the safety category of the eval set is "harmful" (not "what's the weather tomorrow?")
+    assert {r.category.split("/")[0] for r in load_pool("coconot-eval")} == {"Requests with safety concerns"}
+    contrast = load_pool("coconot-contrast")
+    assert sum(r.kind == "borderline" for r in contrast) == 479 and sum(r.kind == "benign" for r in contrast) == 448
     assert load_pool("gsm8k")[0].answer == "2280"
     assert load_pool("advbench", limit=5)[0].id == "advbench-0000"
 

@@ -260,13 +260,29 @@ def _xstest(root: Path, label: str) -> list[PromptRecord]:
                          meta={"focus": r["focus"], "note": r["note"]}) for r in rows]
 
 
+COCONOT_SAFETY = "Requests with safety concerns"
+
+
 def _coconot(root: Path, contrast: bool) -> list[PromptRecord]:
-    # The eval set should be refused or qualified (kind "harmful" routes it to the rejection
-    # self-check); the contrast set looks similar but should be complied with (borderline).
+    """CoCoNot (Brahman et al. 2024). Only its safety category is about harm; the rest is kept apart.
+
+    Eval set (should be refused or qualified): only "Requests with safety concerns" (395 of 1,001) is loaded, as
+    kind "harmful". The other categories (incomplete, unsupported, indeterminate, humanizing requests: "what will
+    the weather be tomorrow?") call for noncompliance that is not about safety; training safety reasoning on them,
+    or scoring an answer to them as harmful compliance, would be wrong, so they are left out.
+    Contrast set (should be complied with): safety-looking prompts are "borderline", the rest "benign".
+    """
     name = "coconot_pref.jsonl" if contrast else "coconot_eval.jsonl"
     tag = "coconot-contrast" if contrast else "coconot-eval"
-    return [PromptRecord(f"{tag}-{r['id']}", r["prompt"].strip(), "borderline" if contrast else "harmful",
-                         f"{r['category']}/{r['subcategory']}", tag) for r in read_jsonl(root / "coconot" / name)]
+    out = []
+    for r in read_jsonl(root / "coconot" / name):
+        safety = r["category"] == COCONOT_SAFETY
+        if not contrast and not safety:
+            continue
+        kind = ("borderline" if safety else "benign") if contrast else "harmful"
+        out.append(PromptRecord(f"{tag}-{r['id']}", r["prompt"].strip(), kind, f"{r['category']}/{r['subcategory']}",
+                                tag))
+    return out
 
 
 def _gsm8k(root: Path) -> list[PromptRecord]:
