@@ -570,7 +570,8 @@ def generate_command(
     max_new_tokens: Annotated[int | None, typer.Option(help="Token budget per sample.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (default 0.7).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Prompts per generation batch.")] = None,
-    backend: Annotated[str | None, typer.Option(help="hf | vllm | openai")] = None,
+    backend: Annotated[str | None, typer.Option(
+        help="hf | vllm | openai | scripted (canned rationales for plumbing runs with tiny-random only)")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto | float32 | bfloat16 | float16")] = None,
     judge: Annotated[str | None, typer.Option(help="Judge for the final answers (default refusal-keywords).")] = None,
     exclude: Annotated[list[str] | None, typer.Option(help="Eval prompts (file or pool) to decontaminate against; "
@@ -594,3 +595,6 @@ def generate_command(
                   f"{stats['sft_records']} records -> {path}")
     by_kind = ", ".join(f"{k} {v['accepted_prompts']}/{v['prompts']}" for k, v in stats["by_kind"].items())
     console.print(f"by kind: {by_kind}; tokens {stats['tokens_generated']} in {stats['wall_seconds']} s")
+    if stats["sft_records"] == 0 and cfg.model == "tiny-random" and cfg.backend != "scripted":
+        console.print("[yellow]tiny-random writes noise, so nothing passes the filter; for a plumbing run use "
+                      "--backend scripted, for real rationales a real model[/]")
