@@ -31,7 +31,7 @@ def test_report_renders_plots_tables_and_traces(two_runs):
     assert "base" in html and "rational" in html
     # h2 ("a trick to steal") was answered: its answer must be cut and marked, never shown in full
     assert TRUNCATE_MARK in html and "Sure, here is an overview." not in html.replace(TRUNCATE_MARK, "")
-    md = (tmp / "report.md").read_text()
+    md = (tmp / "r.md").read_text()
     assert "| suite | metric | judge | base | rational |" in md and "[" in md
 
 
@@ -57,8 +57,13 @@ def test_safe_trace_truncation():
 def test_report_cli_and_bad_input(two_runs, tmp_path, capsys):
     _, dirs = two_runs
     main(["report", str(dirs[0]), "--out", str(tmp_path / "x.html"), "--name", "only"])
-    assert (tmp_path / "x.html").is_file() and (tmp_path / "report.md").is_file()
+    assert (tmp_path / "x.html").is_file() and (tmp_path / "x.md").is_file()
+    assert not (tmp_path / "report.md").exists()  # two reports in one folder do not overwrite each other's tables
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "y.html")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "no metrics.json" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(dirs[0]), "--out", str(tmp_path / "z.md")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "z.md: give the HTML file" in err and "Traceback" not in err

@@ -4,7 +4,7 @@ Reads each eval folder's metrics.json and generations.jsonl and writes
   * report.html: headline table with 95% intervals and n, per-category and per-attack tables, a
     safety-vs-over-refusal scatter and per-attack bar charts (matplotlib PNGs embedded as base64, so the
     file stands alone), the judges with their validation figures, and example traces;
-  * report.md next to it, with the same tables.
+  * a Markdown twin next to it (same name, `.md`), with the same tables.
 Example answers to harmful prompts that were judged NOT refused are truncated and marked, never shown in full.
 """
 
@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 
+from .data import write_text_atomic
 from .errors import UserError
 
 TRUNCATE_MARK = "[truncated: judged non-refusal to a harmful request]"
@@ -343,9 +344,11 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def build_report(dirs: list[str | Path], out_html: str | Path, names: list[str] | None = None) -> Path:
-    """Write report.html (standalone) and report.md next to it; returns the HTML path."""
+    """Write the HTML report (standalone) and its Markdown twin (same name, .md); returns the HTML path."""
     if not dirs:
         raise UserError("rational report needs at least one eval folder")
+    if Path(out_html).suffix.lower() == ".md":
+        raise UserError(f"--out {out_html}: give the HTML file (e.g. report.html); the .md twin is written next to it")
     runs = [load_run(d) for d in dirs]
     labels = _names(runs, names)
     tables = _tables(runs, labels)
@@ -389,15 +392,19 @@ def build_report(dirs: list[str | Path], out_html: str | Path, names: list[str] 
                 + f"<pre class='answer'>{esc(t['answer']) or '(empty answer)'}</pre></div>")
     parts.append("</body></html>")
     out = Path(out_html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(parts), encoding="utf-8")
-    (out.parent / "report.md").write_text(_markdown(tables, runs, labels), encoding="utf-8")
+    write_text_atomic(out, "".join(parts))
+    write_text_atomic(markdown_path(out), _markdown(tables, runs, labels))
     return out
+
+
+def markdown_path(out_html: str | Path) -> Path:
+    """The Markdown twin of an HTML report: same folder, same name, `.md` (report.html -> report.md)."""
+    return Path(out_html).with_suffix(".md")
 
 
 def report_command(
     dirs: Annotated[list[str], typer.Argument(help="Eval folders written by `rational eval --out DIR`.")],
-    out: Annotated[str, typer.Option(help="HTML file to write (report.md goes next to it).")] = "report.html",
+    out: Annotated[str, typer.Option(help="HTML file to write; the Markdown tables go next to it with .md (r.html -> r.md).")] = "report.html",
     name: Annotated[list[str] | None, typer.Option(help="Label per folder, in order (default: from metrics.json).")]
     = None,
 ) -> None:
@@ -413,4 +420,4 @@ def report_command(
         table.add_row(r["name"], r["suite"], r["metric"], ci, str(r["n"]), r["judge"])
     console = Console()
     console.print(table)
-    console.print(f"wrote {path} and {path.parent / 'report.md'}")
+    console.print(f"wrote {path} and {markdown_path(path)}")
