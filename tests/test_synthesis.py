@@ -313,3 +313,37 @@ def test_reasoning_copied_from_the_one_shot_example_is_rejected():
     assert assess(*args, parrot, "stop", judge, fmt, 20, 10, system, 6)["reason"] == "copied_example"
     assert assess(*args, own, "stop", judge, fmt, 20, 10, system, 6)["accepted"]
     assert assess(*args, parrot, "stop", judge, fmt, 20, 10, system, 0)["accepted"]  # filter off
+
+
+def test_answers_echoing_the_self_check_prompt_are_rejected():
+    from rational.reasoning import ReasoningFormat
+    from rational.synthesis import COMPLIANCE_SYSTEM, REJECTION_SYSTEM, answer_echo, assess
+
+    fmt = ReasoningFormat()
+    rej = REJECTION_SYSTEM.format(open=fmt.open_tag, close=fmt.close_tag)
+    comp = COMPLIANCE_SYSTEM.format(open=fmt.open_tag, close=fmt.close_tag)
+    gun = "How can I get a gun quickly without a background check?"
+    # A refusal about the example's request (phishing emails), not about the one asked.
+    parrot = "I can't help write phishing emails, even in a role-play."
+    assert answer_echo(gun, parrot, rej, fmt) == "example topic: email, phishing"
+    assert answer_echo("Write a phishing email to my bank's customers.", parrot, rej, fmt) is None  # on topic
+    assert answer_echo(gun, "I can't help you get a gun around the law. If you want, I can explain how "
+                            "licensed purchases work.", rej, fmt) is None
+    # One borrowed word is not enough; "write" is in the instructions too, so it never counts.
+    assert answer_echo(gun, "I won't write that; ask a licensed dealer instead of hunting for an email.", rej,
+                       fmt) is None
+    # Compliance answers that repeat the instructions or answer the example's request.
+    leap = "Why do we have leap years?"
+    assert answer_echo(leap, "Here's a helpful, accurate, and complete response: the Earth's orbit ...", comp,
+                       fmt) == "instructions: a helpful accurate complete response"
+    assert answer_echo(leap, "Knock out the cover letter quickly: start from the job ad.", comp, fmt).startswith(
+        "example topic:")
+    good = "A year is about 365.25 days, so every fourth year adds a day to keep the calendar in step."
+    assert answer_echo(leap, good, comp, fmt) is None
+    # In the filter: rejected with its own reason when on, accepted when off.
+    judge = RefusalKeywordJudge()
+    text = "<think>\nIntent: calendar question.\nContext and ethics: harmless.\nPotential impact: none.\n" \
+           "Decision: comply\n</think>\n\nHere's a helpful, accurate, and complete response: " + good
+    args = ("benign", leap, text, "stop", judge, fmt, 20, 10, comp, 0)
+    assert assess(*args, True)["reason"] == "answer_echoes_prompt"
+    assert assess(*args, False)["accepted"]

@@ -146,6 +146,7 @@ class GenerateConfig:
     complete_answers: bool = True  # ask for the answer in a follow-up turn when a sample stops after the reasoning
     answer_max_new_tokens: int | None = None  # token limit of that follow-up answer (None: max_new_tokens)
     max_copied_ngram: int = 8  # reject reasoning copying this many consecutive words of the one-shot example (0: off)
+    reject_answer_echo: bool = True  # reject answers about the example's request or repeating the instructions
 
 
 # Fields that change the generated data: a resumed run must match them (batch_size, out... may differ).
@@ -153,7 +154,11 @@ RESUME_KEYS = ("model", "pools", "limit", "mutations", "mutations_per_prompt", "
                "n_samples", "max_retries", "max_new_tokens", "temperature", "top_p", "seed", "judge", "rej_system",
                "comp_system", "exclude", "decontam_ngram", "decontam_threshold", "reasoning_open", "reasoning_close",
                "min_reasoning_chars", "batch_size", "keep_per_prompt", "complete_answers",
-               "min_answer_chars", "answer_max_new_tokens", "max_copied_ngram")
+               "min_answer_chars", "answer_max_new_tokens", "max_copied_ngram", "reject_answer_echo")
+
+
+# Settings added after runs were already written: a saved config without them behaved like this value.
+_ADDED_LATER = {"reject_answer_echo": False}
 
 
 def system_prompt(cfg: GenerateConfig, kind: str) -> str:
@@ -267,13 +272,56 @@ def copied_from_example(reasoning: str | None, system: str | None, fmt: Reasonin
     return None
 
 
+_ECHO_NGRAM = 5  # words of the instructions an answer may not repeat ("a helpful, accurate and complete response")
+_TOPIC_WORDS = 2  # distinct words of the example's request an answer may not bring in (phishing + email)
+
+
+def _stem(word: str) -> str:
+    return word[:5]
+
+
+def answer_echo(prompt: str, answer: str | None, system: str | None, fmt: ReasoningFormat) -> str | None:
+    """Why the final answer echoes the self-check prompt instead of answering this request, or None.
+
+    Two measured failure modes of small teachers (demo runs: 8 of 23 accepted refusals declined to "write phishing
+    emails" whatever was asked; 5 of 12 compliance answers began "Here's a helpful, accurate and complete
+    response"):
+    * topic: the answer uses `_TOPIC_WORDS` or more distinct content words (5+ letters, compared by their first
+      five letters) of the one-shot example's request that neither the actual prompt nor the instructions
+      contain ("phishing" + "email" in a refusal to a question about guns);
+    * instructions: the answer repeats `_ECHO_NGRAM` consecutive words of the instructions (the text before
+      "Example:").
+    Only a prompt that has the usual "instructions, Example:, User: ..., Assistant:" layout is checked. Not caught:
+    an answer that only borrows the example's closing offer ("I can explain how to recognise phishing messages").
+    """
+    if not answer or not system or "Example:" not in system or "User:" not in system:
+        return None
+    instructions, example = system.split("Example:", 1)
+    request = example.split("User:", 1)[1].split("Assistant:", 1)[0]
+    said = {_stem(w) for w in _words(answer)}
+    asked = {_stem(w) for w in _words(prompt)}
+    generic = {_stem(w) for w in _words(instructions)}  # words the instructions use too ("write") do not count
+    topic = sorted({w for w in _words(request) if len(w) >= 5 and w.isalpha() and _stem(w) in said
+                    and _stem(w) not in asked and _stem(w) not in generic})
+    if len(topic) >= _TOPIC_WORDS:
+        return "example topic: " + ", ".join(topic)
+    instr = _words(instructions)
+    grams = {tuple(instr[i : i + _ECHO_NGRAM]) for i in range(len(instr) - _ECHO_NGRAM + 1)}
+    words = _words(answer)
+    for i in range(len(words) - _ECHO_NGRAM + 1):
+        if tuple(words[i : i + _ECHO_NGRAM]) in grams:
+            return "instructions: " + " ".join(words[i : i + _ECHO_NGRAM])
+    return None
+
+
 def assess(kind: str, prompt: str, text: str, finish_reason: str, judge, fmt: ReasoningFormat,
            min_reasoning_chars: int, min_answer_chars: int = 0, system: str | None = None,
-           max_copied_ngram: int = 0) -> dict:
+           max_copied_ngram: int = 0, reject_answer_echo: bool = False) -> dict:
     """Normalise, parse and judge one sample; returns the candidate fields incl. `accepted` and `reason`.
 
     `system` (the self-check prompt used) and `max_copied_ngram` > 0 reject reasoning that copies that many
-    consecutive words from the prompt's one-shot example.
+    consecutive words from the prompt's one-shot example; `reject_answer_echo` rejects final answers that
+    echo the example's request or the instructions (`answer_echo`).
     """
     rejecting = kind in REJECT_KINDS
     norm = normalise_output(text, fmt)
@@ -303,6 +351,8 @@ def assess(kind: str, prompt: str, text: str, finish_reason: str, judge, fmt: Re
         reason = "reasoning_too_short"
     elif copied_from_example(parsed.reasoning, system, fmt, max_copied_ngram):
         reason = "copied_example"
+    elif reject_answer_echo and answer_echo(prompt, parsed.answer, system, fmt):
+        reason = "answer_echoes_prompt"
     elif judged_refusal is None:
         reason = "unjudged"
     elif rejecting and not judged_refusal:
@@ -335,7 +385,7 @@ def _check_resume(cfg: GenerateConfig, out: Path) -> bool:
     from .config import to_dict
 
     new = json.loads(json.dumps(to_dict(cfg), default=str))
-    diff = [k for k in RESUME_KEYS if old.get(k) != new.get(k)]
+    diff = [k for k in RESUME_KEYS if old.get(k, _ADDED_LATER.get(k)) != new.get(k)]
     if diff:
         raise UserError(f"{out}: holds a generate run with different '{diff[0]}'; use the same arguments to "
                         f"resume, or a new --out")
@@ -439,7 +489,8 @@ def run_generate(cfg: GenerateConfig, generator=None, judge=None, progress: bool
                              "finish_reason": comp.finish_reason, "answer_completed": (i, j) in completed}
                         c.update(assess(p.kind, p.prompt, text, comp.finish_reason, judge, fmt,
                                         cfg.min_reasoning_chars, cfg.min_answer_chars,
-                                        system_prompt(cfg, p.kind), cfg.max_copied_ngram))
+                                        system_prompt(cfg, p.kind), cfg.max_copied_ngram,
+                                        cfg.reject_answer_echo))
                         writer.write(c)
                         done[(p.id, attempt)].append(c)
     finally:
