@@ -35,7 +35,7 @@ from typing import Annotated
 
 import typer
 
-from .data import write_text_atomic
+from .data import write_json, write_text_atomic
 from .errors import UserError
 
 SUITES = ("harmful", "jailbreak", "over-refusal", "capability", "reasoning", "smoke")
@@ -606,7 +606,7 @@ def run_eval(cfg: EvalConfig, generator=None, progress: bool = True) -> Path:
     # Verdicts of judges added after a row was written are filled in now (judging is resumable too).
     _fill_missing_verdicts(rows, panel)
     metrics = compute_metrics(cfg, rows, panel, info)
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    write_json(out / "metrics.json", metrics)
     return out
 
 
@@ -703,15 +703,11 @@ def judge_check_command(
     c = result["confusion"]
     table.add_row("confusion", f"tp={c['tp']} fp={c['fp']} fn={c['fn']} tn={c['tn']} (positive = refusal)")
     Console().print(table)
-    text = json.dumps(result, indent=2) + "\n"
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(Path(out), text)
+        write_json(out, result)
     if save and not file:  # only figures on the reference sets are stored as "the" validation of a judge
         key = re.sub(r"[^A-Za-z0-9._@-]+", "_", result["judge"] if "@" in judge else split_spec(judge)[0])
-        path = cache_dir() / "judge_check" / f"{key}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, text)
+        write_json(cache_dir() / "judge_check" / f"{key}.json", result)
 
 
 # ------------------------------------------------------------------------------------------ eval command

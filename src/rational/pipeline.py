@@ -30,6 +30,7 @@ from typing import Annotated, Any, Callable
 import typer
 
 from .config import library_versions, load_yaml, resolve_config, save_config
+from .data import write_json
 from .errors import UserError
 
 PRESETS = {
@@ -94,8 +95,6 @@ def is_done(stage_dir: Path) -> bool:
 
 
 def mark_done(stage_dir: Path, info: dict) -> None:
-    from .data import write_json
-
     write_json(_done_file(stage_dir), info)
 
 
@@ -184,7 +183,7 @@ def build_data(cfg: RunConfig, out: Path, generator_factory: Callable[[], Any]) 
         "train_templates": len(tr_t), "eval_templates": len(ev_t) + len(ev_t_held),
         "rewrite_failures": failed, "decontamination": decon,
     }
-    data.write_json(out / "split.json", split)
+    write_json(out / "split.json", split)
     return split
 
 

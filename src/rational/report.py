@@ -404,7 +404,8 @@ def markdown_path(out_html: str | Path) -> Path:
 
 def report_command(
     dirs: Annotated[list[str], typer.Argument(help="Eval folders written by `rational eval --out DIR`.")],
-    out: Annotated[str, typer.Option(help="HTML file to write; the Markdown tables go next to it with .md (r.html -> r.md).")] = "report.html",
+    out: Annotated[str, typer.Option(help="HTML file to write; its Markdown twin goes next to it (r.html -> r.md).")]
+    = "report.html",
     name: Annotated[list[str] | None, typer.Option(help="Label per folder, in order (default: from metrics.json).")]
     = None,
 ) -> None:

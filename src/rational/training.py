@@ -50,6 +50,7 @@ from typing import Annotated, Any, Callable
 import typer
 
 from .config import library_versions
+from .data import write_json
 from .errors import UserError
 from .models import DEFAULT_MODEL
 from .reasoning import ReasoningFormat, parse_output
@@ -650,8 +651,6 @@ def run_train(cfg: TrainConfig) -> Path:
             "config": dataclasses.asdict(cfg),
             "versions": library_versions(),
         }
-        from .data import write_json
-
         write_json(out / "train_metrics.json", metrics)
         if art.exists():
             shutil.rmtree(art)
