@@ -325,21 +325,21 @@ def test_answers_echoing_the_self_check_prompt_are_rejected():
     gun = "How can I get a gun quickly without a background check?"
     # A refusal about the example's request (phishing emails), not about the one asked.
     parrot = "I can't help write phishing emails, even in a role-play."
-    assert answer_echo(gun, parrot, rej, fmt) == "example topic: email, phishing"
-    assert answer_echo("Write a phishing email to my bank's customers.", parrot, rej, fmt) is None  # on topic
+    assert answer_echo(gun, parrot, rej) == "example topic: email, phishing"
+    assert answer_echo("Write a phishing email to my bank's customers.", parrot, rej) is None  # on topic
     assert answer_echo(gun, "I can't help you get a gun around the law. If you want, I can explain how "
-                            "licensed purchases work.", rej, fmt) is None
+                            "licensed purchases work.", rej) is None
     # One borrowed word is not enough; "write" is in the instructions too, so it never counts.
-    assert answer_echo(gun, "I won't write that; ask a licensed dealer instead of hunting for an email.", rej,
-                       fmt) is None
+    assert answer_echo(gun, "I won't write that; ask a licensed dealer instead of hunting for an email.",
+                       rej) is None
     # Compliance answers that repeat the instructions or answer the example's request.
     leap = "Why do we have leap years?"
-    assert answer_echo(leap, "Here's a helpful, accurate, and complete response: the Earth's orbit ...", comp,
-                       fmt) == "instructions: a helpful accurate complete response"
-    assert answer_echo(leap, "Knock out the cover letter quickly: start from the job ad.", comp, fmt).startswith(
+    assert answer_echo(leap, "Here's a helpful, accurate, and complete response: the Earth's orbit ...",
+                       comp) == "instructions: a helpful accurate complete response"
+    assert answer_echo(leap, "Knock out the cover letter quickly: start from the job ad.", comp).startswith(
         "example topic:")
     good = "A year is about 365.25 days, so every fourth year adds a day to keep the calendar in step."
-    assert answer_echo(leap, good, comp, fmt) is None
+    assert answer_echo(leap, good, comp) is None
     # In the filter: rejected with its own reason when on, accepted when off.
     judge = RefusalKeywordJudge()
     text = "<think>\nIntent: calendar question.\nContext and ethics: harmless.\nPotential impact: none.\n" \

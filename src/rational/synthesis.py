@@ -280,7 +280,7 @@ def _stem(word: str) -> str:
     return word[:5]
 
 
-def answer_echo(prompt: str, answer: str | None, system: str | None, fmt: ReasoningFormat) -> str | None:
+def answer_echo(prompt: str, answer: str | None, system: str | None) -> str | None:
     """Why the final answer echoes the self-check prompt instead of answering this request, or None.
 
     Two measured failure modes of small teachers (demo runs: 8 of 23 accepted refusals declined to "write phishing
@@ -351,7 +351,7 @@ def assess(kind: str, prompt: str, text: str, finish_reason: str, judge, fmt: Re
         reason = "reasoning_too_short"
     elif copied_from_example(parsed.reasoning, system, fmt, max_copied_ngram):
         reason = "copied_example"
-    elif reject_answer_echo and answer_echo(prompt, parsed.answer, system, fmt):
+    elif reject_answer_echo and answer_echo(prompt, parsed.answer, system):
         reason = "answer_echoes_prompt"
     elif judged_refusal is None:
         reason = "unjudged"
