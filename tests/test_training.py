@@ -363,6 +363,18 @@ def test_smoke_recipe_values(tmp_path):
 # -------------------------------------------------------------------------------------------- scale-out
 
 
+def test_one_machine_launch_gets_its_own_rendezvous_port(tmp_path):
+    from rational.training import accelerate_launch_args
+
+    args = accelerate_launch_args(TrainConfig(accelerate_config="ddp", num_processes=2), tmp_path / "c.yaml")
+    port = int(args[args.index("--main_process_port") + 1])
+    assert port != 29500 and 0 < port < 65536
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text("distributed_type: MULTI_GPU\nnum_machines: 1\nmain_process_port: 29611\n")
+    args = accelerate_launch_args(TrainConfig(accelerate_config=str(fixed), num_processes=2), tmp_path / "c.yaml")
+    assert "--main_process_port" not in args  # the profile's own port is used
+
+
 def test_ddp_two_cpu_ranks_train_identical_weights(sft_file, tmp_path):
     """`rational train --accelerate-config ddp --num-processes 2` really runs 2 gloo ranks through accelerate."""
     out = tmp_path / "ddp"
@@ -370,8 +382,15 @@ def test_ddp_two_cpu_ranks_train_identical_weights(sft_file, tmp_path):
     cmd = [sys.executable, "-m", "rational.cli", "train", "--model", "tiny-random", "--data", str(sft_file),
            "--out", str(out), "--max-steps", "2", "--batch-size", "2", "--dtype", "float32", "--lr", "1e-2",
            "--accelerate-config", "ddp", "--num-processes", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Own process group, so a hung rank is killed with the launcher instead of outliving the test.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        _, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr[-3000:]
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["global_step"] == 2
     hashes = metrics["replica_trainable_sha256"]

@@ -694,9 +694,30 @@ def accelerate_launch_args(cfg: TrainConfig, config_yaml: Path) -> list[str]:
         args += ["--num_processes", str(cfg.num_processes)]
     elif not on_gpu:
         args += ["--num_processes", "1"]  # the profiles assume 8 GPUs; on a CPU machine ask explicitly
+    if cfg.num_processes != 1:
+        args += _rendezvous_port_args(profile)
     # No CUDA: the DDP profile still launches with torchrun; each rank then joins a gloo group because the
     # training arguments set use_cpu. (`accelerate launch --cpu` alone starts a single process in accelerate 1.x.)
     return args + ["-m", "rational.training", "--config", str(config_yaml)]
+
+
+def _rendezvous_port_args(profile: Path) -> list[str]:
+    """A free local port for a one-machine launch whose profile names none.
+
+    accelerate's default (29500) is shared by every job on the machine: a second run, or a rank left over from a
+    killed one, makes the new ranks wait on someone else's rendezvous. Multi-machine profiles and profiles that
+    set `main_process_port` are left as they are.
+    """
+    import socket
+
+    import yaml
+
+    conf = yaml.safe_load(profile.read_text()) or {}
+    if conf.get("main_process_port") or int(conf.get("num_machines", 1)) != 1:
+        return []
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return ["--main_process_port", str(sock.getsockname()[1])]
 
 
 def _launch_with_accelerate(cfg: TrainConfig) -> Path:
