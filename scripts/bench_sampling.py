@@ -19,9 +19,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-
-    from rational.generation import HFGenerator, SamplingParams
-    from rational.synthesis import REJECTION_SYSTEM
+    from rational.backends import HFGenerator, SamplingParams
+    from rational.generate import REJECTION_SYSTEM
 
     gen = HFGenerator.load(args.model, batch_size=args.batch)
     system = REJECTION_SYSTEM.format(open="<think>", close="</think>")

@@ -87,9 +87,9 @@ def cpu_bench(args) -> list[dict]:
         for dtype in args.dtypes:
             out = Path(tmp) / f"out-{dtype}"
             cmd = [sys.executable, "-m", "rational.cli", "train", "--model", args.model, "--data", str(data),
-                   "--out", str(out), "--max-steps", str(args.steps), "--batch-size", str(args.batch),
-                   "--grad-accum", "1", "--max-length", str(args.max_length), "--dtype", dtype,
-                   "--save-steps", "100000", "--lr", "2e-4"]
+                   "--out", str(out), "--max-steps", str(args.steps), "--per-device-train-batch-size", str(args.batch),
+                   "--gradient-accumulation-steps", "1", "--max-length", str(args.max_length), "--dtype", dtype,
+                   "--save-steps", "100000", "--learning-rate", "2e-4"]
             t0 = time.time()
             subprocess.run(cmd, check=True, capture_output=not args.verbose)
             m = json.loads((out / "train_metrics.json").read_text())
@@ -105,10 +105,10 @@ def cpu_bench(args) -> list[dict]:
 
 def gpu_bench(args) -> list[dict]:
     import torch
+    from rational.train import TrainConfig, build_trainer
     from transformers import AutoConfig, AutoModelForCausalLM, TrainerCallback
 
     from rational.models import load_tokenizer, pick_device, resolve
-    from rational.training import TrainConfig, build_trainer
 
     device = pick_device()
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"

@@ -4,11 +4,22 @@ import math
 
 import pytest
 
+from rational.backends import Completion, GenerationOutput
 from rational.errors import UserError
-from rational.generation import Completion, GenerationOutput
-from rational.judges import (RefusalKeywordJudge, check_spec, get_judge, load_prompt, parse_mtbench,
-                             parse_safe_unsafe, parse_strongreject, parse_wildguard, parse_xstest, parse_yes_no,
-                             strongreject_score, validation_figures)
+from rational.judges import (
+    RefusalKeywordJudge,
+    check_spec,
+    get_judge,
+    load_prompt,
+    parse_mtbench,
+    parse_safe_unsafe,
+    parse_strongreject,
+    parse_wildguard,
+    parse_xstest,
+    parse_yes_no,
+    strongreject_score,
+    validation_figures,
+)
 
 SR_OUTPUT = """#overall_reasoning The user asked for X; the model declined and offered safety resources.
 #scores

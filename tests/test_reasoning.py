@@ -1,6 +1,19 @@
 from rational.reasoning import (
-    EMPTY_ANSWER, EXTRA_TAGS, MISSING, MISSING_OPEN, NESTED, OK, TEXT_BEFORE, UNCLOSED, ReasoningFormat,
-    extract_decision, final_answer, format_output, format_sections, has_all_sections, parse_output,
+    EMPTY_ANSWER,
+    EXTRA_TAGS,
+    MISSING,
+    MISSING_OPEN,
+    NESTED,
+    OK,
+    TEXT_BEFORE,
+    UNCLOSED,
+    ReasoningFormat,
+    extract_decision,
+    final_answer,
+    format_output,
+    format_sections,
+    has_all_sections,
+    parse_output,
 )
 
 

@@ -2,12 +2,11 @@
 
 
 import pytest
+from test_eval import ScriptedModel, _prompts
 
 from rational.cli import main
-from rational.evaluation import EvalConfig, run_eval
+from rational.eval import EvalConfig, run_eval
 from rational.report import TRUNCATE_MARK, build_report, headline_rows, safe_trace
-
-from test_evaluation import ScriptedModel, _prompts
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +55,7 @@ def test_safe_trace_truncation():
 
 def test_report_cli_and_bad_input(two_runs, tmp_path, capsys):
     _, dirs = two_runs
-    main(["report", str(dirs[0]), "--out", str(tmp_path / "x.html"), "--name", "only"])
+    main(["report", str(dirs[0]), "--out", str(tmp_path / "x.html"), "--names", "only"])
     assert (tmp_path / "x.html").is_file() and (tmp_path / "x.md").is_file()
     assert not (tmp_path / "report.md").exists()  # two reports in one folder do not overwrite each other's tables
     with pytest.raises(SystemExit) as e:

@@ -4,7 +4,6 @@ Run with: .venv/bin/pytest -m slow tests/test_slow_embedded.py
 """
 
 import pytest
-
 from conftest import real_cache_dir
 
 NAME = "qwen2.5-coder-0.5b-instruct"
@@ -16,7 +15,7 @@ def test_embedded_default_answers(monkeypatch):
     if not ((cache / NAME / "hf" / "config.json").is_file() or (cache / NAME / f"{NAME}.gguf").is_file()):
         pytest.skip(f"{NAME} is not cached in {cache}; run `rational chat --model {NAME} --prompt hi` once")
     monkeypatch.setenv("RATIONAL_CACHE", str(cache))
-    from rational.generation import HFGenerator, SamplingParams
+    from rational.backends import HFGenerator, SamplingParams
 
     gen = HFGenerator.load(NAME, batch_size=2)
     outs = gen.generate([[{"role": "user", "content": "How do I bake bread?"}],

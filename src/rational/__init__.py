@@ -1,18 +1,30 @@
 """Rational: reasoning-enhanced safety fine-tuning (arXiv 2503.05021).
 
-Pipeline, one module per stage, each runnable alone through the CLI and talking to the next
-through documented JSONL/JSON files:
+One module per stage, named like its command; stages talk through documented JSONL/JSON files
+(docs/architecture.md draws the data flow):
 
-    data.py        prompt pools, seed pool, adversarial mutations, decontamination
-    synthesis.py   `rational generate`: self-check rationales, judge filtering, sft.jsonl
-    training.py    `rational train`: TRL SFT (LoRA / full), refusal-sft baseline
-    judges.py      refusal / harm judges behind one interface
-    evaluation.py  `rational eval`: suites, metrics with 95% intervals
-    report.py      `rational report`: HTML + Markdown comparison
-    pipeline.py    `rational run`: all of the above, resumable
+    command               module        config          writes
+    rational data         data.py       DataConfig      train_prompts.jsonl, eval_prompts.jsonl, split.json
+    rational generate     generate.py   GenerateConfig  prompts.jsonl, candidates.jsonl, sft.jsonl, stats.json
+    rational train        train.py      TrainConfig     adapter/ (or model/), train_metrics.json, checkpoints/
+    rational eval         eval.py       EvalConfig      generations.jsonl, metrics.json
+    rational report       report.py     ReportConfig    report.html, report.md
+    rational run          run.py        RunConfig       runs/NAME/<stage>/ for every stage above, run.json
+    rational chat         chat.py       ChatConfig      (terminal)
+    rational judge-check  judges.py     JudgeCheckConfig  agreement figures (JSON)
+    rational models       models.py     -               (terminal)
 
-Shared pieces: models.py (model resolver), generation.py (one generation interface),
-reasoning.py (how reasoning is written and parsed), config.py (YAML recipes + CLI overrides).
+Shared pieces:
+    config.py     settings declared once (help + resume rule) -> flags, recipe sections, dotted overrides
+    common.py     atomic files, JSONL, seeded samplers, library versions
+    models.py     model resolver: registry, GGUF-in-wheel fetch with sha256, GGUF -> safetensors
+    backends.py   one generation interface (`generate(chats, params)`): hf, vllm, openai, scripted
+    reasoning.py  the reasoning format (<think> Intent / Context and ethics / Potential impact / Decision)
+    prompts.py    prompt records, pools, jailbreak templates, splits, decontamination
+    mutations.py  adversarial mutations (encodings, injections, templates, model rewrites)
+    judges.py     refusal / harm judges behind one interface
+    stats.py      Wilson and bootstrap intervals, agreement statistics
+    tiny.py       the in-process tiny-random model for tests and smoke runs
 """
 
 __version__ = "0.1.0"

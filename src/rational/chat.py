@@ -1,28 +1,36 @@
-"""`rational models` and `rational chat`."""
+"""`rational chat`: talk to a model (and adapter); the reasoning and the answer are shown apart."""
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from dataclasses import dataclass
 
-import typer
-
+from .backends import HFGenerator, SamplingParams
+from .config import check_range, setting
+from .models import DEFAULT_MODEL
 from .reasoning import ReasoningFormat, parse_output
 
 
-def models_command() -> None:
-    from rich.console import Console
-    from rich.table import Table
+@dataclass
+class ChatConfig:
+    """`rational chat`: one answer (--prompt) or an interactive loop."""
 
-    from .models import cache_dir, registry_rows
+    model: str = setting(DEFAULT_MODEL, "Model spec: registry name, local folder, .gguf file or hub id.")
+    adapter: str | None = setting(None, "PEFT adapter folder trained by `rational train`.")
+    prompt: str | None = setting(None, "Answer this once and exit; omit for an interactive loop.")
+    system: str | None = setting(None, "Optional system prompt (Rational models are trained without one).")
+    show_reasoning: bool = setting(True, "Show the reasoning block above the answer.",
+                                   old_flags=("--hide-reasoning=--no-show-reasoning",))
+    max_new_tokens: int = setting(512, "Token limit per answer.")
+    temperature: float = setting(0.0, "Sampling temperature; 0 = greedy.")
+    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16.")
+    seed: int = setting(0, "Sampling seed.")
+    reasoning_open: str = setting("<think>", "Tag that opens the reasoning block.")
+    reasoning_close: str = setting("</think>", "Tag that closes the reasoning block.")
 
-    table = Table(title=f"Model registry (cache: {cache_dir()})")
-    table.add_column("name", no_wrap=True)
-    for col in ("cached", "offline source", "hub id", "description"):
-        table.add_column(col)
-    for r in registry_rows():
-        table.add_row(r["name"], "yes" if r["cached"] else "no", r["offline"], r["hub_id"], r["description"])
-    Console().print(table)
+    def __post_init__(self):
+        check_range(self, "max_new_tokens", 1)
+        check_range(self, "temperature", 0)
 
 
 def _show(text: str, fmt: ReasoningFormat, show_reasoning: bool) -> None:
@@ -38,34 +46,20 @@ def _show(text: str, fmt: ReasoningFormat, show_reasoning: bool) -> None:
     console.print(Panel(parsed.answer or "(empty answer)", title="answer", border_style="green"))
 
 
-def chat_command(
-    model: Annotated[str, typer.Option(help="Model spec: registry name, local folder, .gguf file or hub id.")]
-    = "qwen2.5-coder-0.5b-instruct",
-    adapter: Annotated[str | None, typer.Option(help="PEFT adapter folder trained by `rational train`.")] = None,
-    prompt: Annotated[str | None, typer.Option(help="Answer this once and exit; omit for an interactive loop.")]
-    = None,
-    system: Annotated[str | None, typer.Option(help="Optional system prompt.")] = None,
-    show_reasoning: Annotated[bool, typer.Option("--show-reasoning/--hide-reasoning")] = True,
-    max_new_tokens: Annotated[int, typer.Option(help="Token limit per answer.")] = 512,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16")] = "auto",
-    seed: Annotated[int, typer.Option()] = 0,
-) -> None:
-    from .generation import HFGenerator, SamplingParams
-
-    gen = HFGenerator.load(model, adapter=adapter, dtype=dtype, batch_size=1)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    fmt = ReasoningFormat()
-    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+def chat_command(cfg: ChatConfig) -> None:
+    gen = HFGenerator.load(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype, batch_size=1)
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
+    fmt = ReasoningFormat(cfg.reasoning_open, cfg.reasoning_close)
+    history: list[dict[str, str]] = [{"role": "system", "content": cfg.system}] if cfg.system else []
 
     def turn(text: str) -> None:
         history.append({"role": "user", "content": text})
         out = gen.generate([list(history)], params, progress=False)[0].text
         history.append({"role": "assistant", "content": out})
-        _show(out, fmt, show_reasoning)
+        _show(out, fmt, cfg.show_reasoning)
 
-    if prompt is not None:
-        turn(prompt)
+    if cfg.prompt is not None:
+        turn(cfg.prompt)
         return
     print("Interactive chat; empty line or Ctrl-D to quit.", file=sys.stderr)
     while True:

@@ -1,8 +1,9 @@
 """The `rational` command line: a thin typer shell over the stage modules.
 
-Each stage module owns its command function (`synthesis.generate_command`, `training.train_command`, ...),
-so this file only wires names to functions and turns user errors into one line on stderr (exit 2).
-Heavy libraries (torch, transformers, trl) are imported inside the commands, so `--help` is fast.
+Each command's options are generated from its stage's config dataclass (`config.stage_command`), so a setting is
+declared once, with its help text, in the stage module. This file only wires command names to (config, function)
+pairs and turns user errors into one line on stderr (exit 2). Heavy libraries (torch, transformers, trl) are
+imported inside the stage functions, so `--help` is fast.
 """
 
 from __future__ import annotations
@@ -13,8 +14,17 @@ import sys
 import click
 import typer
 
-from . import chat, evaluation, pipeline, report, synthesis, training
+from .chat import ChatConfig, chat_command
+from .config import stage_command
+from .data import DataConfig, data_command
 from .errors import UserError
+from .eval import EvalConfig, eval_command
+from .generate import GenerateConfig, generate_command
+from .judges import JudgeCheckConfig, judge_check_command
+from .models import models_command
+from .report import ReportConfig, report_command
+from .run import RunConfig, move_legacy_keys, preset_paths, run_command
+from .train import TrainConfig, train_command
 
 app = typer.Typer(
     name="rational",
@@ -24,14 +34,27 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-app.command("models", help="List the model registry and what is cached.")(chat.models_command)
-app.command("chat", help="Chat with a model (and adapter); reasoning and answer shown apart.")(chat.chat_command)
-app.command("generate", help="Self-generate and filter safety rationales; write sft.jsonl.")(synthesis.generate_command)
-app.command("train", help="SFT (LoRA or full) on rationales with TRL; refusal-sft baseline.")(training.train_command)
-app.command("eval", help="Evaluate a model on safety / over-refusal / capability suites.")(evaluation.eval_command)
-app.command("judge-check", help="Score a judge against human refusal labels.")(evaluation.judge_check_command)
-app.command("report", help="Compare evaluated models in report.html / report.md.")(report.report_command)
-app.command("run", help="The whole pipeline: generate -> train -> eval -> report (resumable).")(pipeline.run_command)
+# command -> (config class, recipe section, function, help). The order is the order of `rational --help`.
+COMMANDS = {
+    "data": (DataConfig, "data", data_command, "Build the train and eval prompt sets of a run (split by base "
+             "prompt, template and attack family)."),
+    "generate": (GenerateConfig, "generate", generate_command, "Self-generate and filter safety rationales; "
+                 "write sft.jsonl."),
+    "train": (TrainConfig, "train", train_command, "SFT (LoRA or full) on rationales with TRL; refusal-sft "
+              "baseline."),
+    "eval": (EvalConfig, "eval", eval_command, "Evaluate a model on safety / over-refusal / capability suites."),
+    "report": (ReportConfig, "report", report_command, "Compare evaluated models in report.html / report.md."),
+    "run": (RunConfig, "run", run_command, "The whole pipeline: data -> generate -> train -> eval -> report "
+            "(resumable)."),
+    "chat": (ChatConfig, "chat", chat_command, "Chat with a model (and adapter); reasoning and answer shown apart."),
+    "judge-check": (JudgeCheckConfig, "judge-check", judge_check_command, "Score a judge against human refusal "
+                    "labels."),
+}
+
+for _name, (_cls, _section, _fn, _help) in COMMANDS.items():
+    _extra = {"presets": preset_paths, "default_preset": "demo", "prepare": move_legacy_keys} if _name == "run" else {}
+    app.command(_name, help=_help)(stage_command(_cls, _section, _fn, **_extra))
+app.command("models", help="List the model registry and what is cached.")(models_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Judges: one interface, `judge(prompt, response) -> Verdict`.
+"""Judges: one interface, `judge(prompt, response) -> Verdict`; and `rational judge-check`, their validation.
 
 Judges score the final answer (reasoning stripped by the caller via `reasoning.final_answer`).
 A verdict that could not be parsed keeps `label=None` and NaN scores: it is counted, never guessed.
@@ -20,17 +20,29 @@ Decoding is always greedy (temperature 0) and short.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import re
 import string
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Protocol
 
+import yaml
+
+from .backends import SamplingParams, load_generator
+from .common import write_json
+from .config import setting
 from .errors import UserError
+from .models import cache_dir, load_model_and_tokenizer, resolve
+from .prompts import data_root
+from .stats import binary_agreement
 
 
 @dataclass
@@ -129,8 +141,6 @@ class JudgePrompt:
 
 @lru_cache(maxsize=None)
 def load_prompt(file_stem: str) -> JudgePrompt:
-    import yaml
-
     path = resources.files("rational") / "resources" / "judge_prompts" / f"{file_stem}.yaml"
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     return JudgePrompt(name=data["name"], version=data["version"], template=data["template"].rstrip("\n"),
@@ -250,12 +260,8 @@ class RawTextRunner:
                 from vllm import LLM
             except ImportError:
                 raise UserError("judge backend 'vllm' needs vLLM: pip install 'rational[vllm]'") from None
-            from .models import resolve
-
             self.llm = LLM(model=resolve(spec).path, dtype=dtype, seed=0)
         elif backend == "hf":
-            from .models import load_model_and_tokenizer
-
             self.model, self.tokenizer = load_model_and_tokenizer(spec, dtype=dtype)
             self.tokenizer.padding_side = "left"
             if self.tokenizer.pad_token_id is None:
@@ -324,8 +330,6 @@ class ModelJudge:
             if self.raw_text:
                 self._runner = RawTextRunner(spec, backend=backend, dtype=self.dtype, batch_size=self.batch_size)
             else:
-                from .generation import load_generator
-
                 self._runner = load_generator(backend, spec, dtype=self.dtype, batch_size=self.batch_size)
         return self._runner
 
@@ -341,8 +345,6 @@ class ModelJudge:
         runner = self.runner()
         if self.raw_text:
             return runner.complete(inputs, self.prompt.max_new_tokens)
-        from .generation import SamplingParams
-
         params = SamplingParams(max_new_tokens=self.prompt.max_new_tokens, temperature=0.0)
         return [o.text for o in runner.generate(inputs, params, progress=False)]
 
@@ -556,8 +558,6 @@ VALIDATION: dict[str, dict] = {
 
 def validation_figures(judge_name: str) -> dict | None:
     """Known agreement figures for a judge (by full spec, then by base name), or None."""
-    from .models import cache_dir
-
     for key in (judge_name, split_spec(judge_name)[0]):
         path = cache_dir() / "judge_check" / f"{re.sub(r'[^A-Za-z0-9._@-]+', '_', key)}.json"
         if path.is_file():
@@ -568,3 +568,90 @@ def validation_figures(judge_name: str) -> dict | None:
         if key in VALIDATION:
             return VALIDATION[key]
     return None
+
+
+# ------------------------------------------------------------------------------------------ judge-check
+
+
+@dataclass
+class JudgeCheckConfig:
+    """`rational judge-check`: a judge's agreement with human refusal labels."""
+
+    judge: str = setting("refusal-keywords", "Judge spec, e.g. refusal-keywords or xstest@openai:gpt-4o-mini.")
+    labels: list[str] = setting(default_factory=list, help="Validation CSV (objective, assistant_response, "
+                                "human_score); repeatable. Default: the PyRIT refusal sets in the shared data.",
+                                old_flags=("--file",))
+    out: str | None = setting(None, "Also write the figures to this JSON file.")
+    save: bool = setting(True, "Store the figures (reference sets only) so reports show them next to the judge.")
+
+
+def read_validation_csv(path: str | Path) -> list[dict]:
+    """Human-labelled (objective, assistant_response, human_score 1 = refusal) rows; leading '#' lines skipped."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: validation file not found")
+    lines = p.read_text(encoding="utf-8").splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    reader = csv.DictReader(io.StringIO("".join(lines[start:])))
+    need = ("objective", "assistant_response", "human_score")
+    missing = [c for c in need if c not in (reader.fieldnames or [])]
+    if missing:
+        raise UserError(f"{p}: missing column '{missing[0]}'; a validation CSV needs {', '.join(need)}")
+    rows = []
+    for i, r in enumerate(reader, 1):
+        if str(r["human_score"]).strip() not in ("0", "1"):
+            raise UserError(f"{p}: row {i} has human_score {r['human_score']!r}; use 1 (refusal) or 0")
+        rows.append({"objective": r["objective"], "response": r["assistant_response"],
+                     "refusal": r["human_score"].strip() == "1", "file": p.name})
+    if not rows:
+        raise UserError(f"{p}: no rows")
+    return rows
+
+
+def judge_check(judge_spec: str, files: list[str] | None = None, judge=None) -> dict:
+    """Agreement of a judge's refusal label with human labels: accuracy, precision, recall, Cohen's kappa."""
+    if not files:
+        root = data_root()
+        if root is None:
+            raise UserError("no validation files: pass --labels CSV (columns objective, assistant_response, "
+                            "human_score) or set RATIONAL_DATA to the shared data folder")
+        files = [str(root / "refusal_judge_validation" / n) for n in ("refusal.csv", "refusal_extra.csv")]
+    judge = judge or get_judge(judge_spec)
+    if not getattr(judge, "gives_refusal", False):
+        raise UserError(f"judge '{judge_spec}' gives no refusal label; judge-check needs a refusal judge "
+                        f"(refusal-keywords, xstest@M, jbb-refusal@M, strongreject@M, wildguard)")
+    rows = [r for f in files for r in read_validation_csv(f)]
+    verdicts = judge.judge_batch([(r["objective"], r["response"]) for r in rows])
+    pairs = [(v.refused, r["refusal"]) for v, r in zip(verdicts, rows) if v.refused is not None]
+    result = binary_agreement([p for p, _ in pairs], [g for _, g in pairs])
+    result.update({"judge": judge.name, "files": [Path(f).name for f in files], "unparsed": len(rows) - len(pairs),
+                   "positive": "refusal", "measured": datetime.now(timezone.utc).date().isoformat()})
+    return result
+
+
+def _fmt_prop(s: dict) -> str:
+    if s["rate"] is None:
+        return "n/a (n=0)"
+    return f"{s['rate']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}] ({s['k']}/{s['n']})"
+
+
+def judge_check_command(cfg: JudgeCheckConfig) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    result = judge_check(cfg.judge, cfg.labels)
+    table = Table(title=f"{result['judge']} vs human refusal labels ({', '.join(result['files'])})")
+    table.add_column("metric")
+    table.add_column("value [95% Wilson]")
+    table.add_row("n", f"{result['n']} (+{result['unparsed']} unparsed)" if result["unparsed"] else str(result["n"]))
+    for name in ("accuracy", "precision", "recall"):
+        table.add_row(name, _fmt_prop(result[name]))
+    table.add_row("Cohen's kappa", "n/a" if result["kappa"] is None else f"{result['kappa']:.3f}")
+    c = result["confusion"]
+    table.add_row("confusion", f"tp={c['tp']} fp={c['fp']} fn={c['fn']} tn={c['tn']} (positive = refusal)")
+    Console().print(table)
+    if cfg.out:
+        write_json(cfg.out, result)
+    if cfg.save and not cfg.labels:  # only figures on the reference sets are stored as "the" validation of a judge
+        key = re.sub(r"[^A-Za-z0-9._@-]+", "_", result["judge"] if "@" in cfg.judge else split_spec(cfg.judge)[0])
+        write_json(cache_dir() / "judge_check" / f"{key}.json", result)

@@ -1,4 +1,4 @@
-"""Model resolver: registry names, hub ids, local folders and GGUF files -> a loadable HF folder.
+"""Model resolver (registry names, hub ids, local folders, GGUF files -> a loadable HF folder) and `rational models`.
 
 A model spec is one of
   * a registry name (`rational models` lists them), e.g. `qwen2.5-coder-0.5b-instruct`;
@@ -31,7 +31,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .common import quiet_transformers
 from .errors import UserError
+from .tiny import build_tiny_random
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 TINY_RANDOM = "tiny-random"
@@ -315,8 +317,6 @@ def resolve(spec: str, progress: bool = True) -> ResolvedModel:
         raise UserError(f"empty model spec; use one of: {', '.join(REGISTRY)}")
     if spec in REGISTRY:
         if spec == TINY_RANDOM:
-            from .tiny import build_tiny_random
-
             return ResolvedModel(spec, str(build_tiny_random(cache_dir() / f"tiny-random-{TINY_RANDOM_VERSION}")),
                                  "registry", spec)
         entry = REGISTRY[spec]
@@ -383,14 +383,6 @@ def _hub_error(spec: str, err: Exception) -> UserError:
     offline = ", ".join(n for n, e in REGISTRY.items() if e.offline is not None or n == TINY_RANDOM)
     return UserError(f"could not load '{spec}' from the Hugging Face hub (no network?) "
                      f"[{type(err).__name__}]; offline registry names: {offline}")
-
-
-def quiet_transformers() -> None:
-    """Silence per-load progress bars ("Loading weights", "Writing model shards"); ours show progress instead."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
@@ -468,6 +460,20 @@ def load_model_and_tokenizer(spec: str, adapter: str | Path | None = None, dtype
         model = attach_adapter(model, adapter, merge=merge_adapter)
     model.eval()
     return model, tokenizer
+
+
+def models_command() -> None:
+    """`rational models`: the registry and what is cached."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Model registry (cache: {cache_dir()})")
+    table.add_column("name", no_wrap=True)
+    for col in ("cached", "offline source", "hub id", "description"):
+        table.add_column(col)
+    for r in registry_rows():
+        table.add_row(r["name"], "yes" if r["cached"] else "no", r["offline"], r["hub_id"], r["description"])
+    Console().print(table)
 
 
 def registry_rows() -> list[dict]:

@@ -20,8 +20,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .data import PromptRecord, Template
+from .backends import SamplingParams
 from .errors import UserError
+from .judges import RefusalKeywordJudge
+from .prompts import PromptRecord, Template, load_templates
 
 FAMILIES = ("encoding", "obfuscation", "injection", "template", "style", "persuasion", "tense")
 
@@ -219,8 +221,6 @@ def clean_rewrite(text: str) -> str:
 
 def rewrite_failure(original: str, rewrite: str) -> str | None:
     """Why a model rewrite is unusable (None = usable): empty, refused, or just the original back."""
-    from .judges import RefusalKeywordJudge
-
     if not rewrite:
         return "empty"
     if RefusalKeywordJudge().judge(original, rewrite).refused:
@@ -263,16 +263,12 @@ class MutationFailed(Exception):
 
 
 def _rewrite_params(seed: int):
-    from .generation import SamplingParams
-
     return SamplingParams(max_new_tokens=160, temperature=0.7, top_p=0.95, n=1, seed=seed)
 
 
 def pick_template(prompt: str, seed: int, templates: list[Template] | None) -> Template:
     """A template chosen deterministically from (seed, prompt); defaults to all known templates."""
     if templates is None:
-        from .data import load_templates
-
         templates = load_templates()
     if not templates:
         raise UserError("mutation 'template' has no jailbreak templates to choose from; pass a template file")
@@ -341,8 +337,6 @@ def mutate_pairs(pairs: list[tuple[PromptRecord, str]], seed: int = 0, generator
         need = sorted(n for n, m in muts.items() if m.needs_model)[0]
         raise UserError(f"mutation '{need}' rewrites with a model; pass a generator (the model itself)")
     if "template" in muts and templates is None:
-        from .data import load_templates
-
         templates = load_templates()
     out: list[PromptRecord | None] = []
     pending: list[tuple[int, PromptRecord, Mutation]] = []  # slots to fill from the model

@@ -14,12 +14,11 @@ import base64
 import html
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
-import typer
-
-from .data import write_text_atomic
+from .common import read_jsonl, write_text_atomic
+from .config import setting
 from .errors import UserError
 
 TRUNCATE_MARK = "[truncated: judged non-refusal to a harmful request]"
@@ -56,7 +55,7 @@ def load_run(d: str | Path) -> dict:
 
 def _names(runs: list[dict], names: list[str] | None) -> list[str]:
     if names and len(names) != len(runs):
-        raise UserError(f"--name given {len(names)} times for {len(runs)} folders; give one per folder or none")
+        raise UserError(f"--names given {len(names)} times for {len(runs)} folders; give one per folder or none")
     out = list(names) if names else [r.get("name") or Path(r["_dir"]).name for r in runs]
     # Two runs of the same model would collide in tables: suffix the folder name.
     return [n if out.count(n) == 1 else f"{n} ({Path(r['_dir']).name})" for n, r in zip(out, runs)]
@@ -303,8 +302,6 @@ def safe_trace(row: dict, refusal_judge: str, limit: int = 600) -> dict:
 
 def example_traces(runs: list[dict], per_suite: int = 2) -> dict[str, list[tuple[int, dict]]]:
     """A few prompt ids per suite (the same ids for every model where possible), with each model's trace."""
-    from .data import read_jsonl
-
     gens = []
     for m in runs:
         p = Path(m["_dir"]) / "generations.jsonl"
@@ -402,21 +399,28 @@ def markdown_path(out_html: str | Path) -> Path:
     return Path(out_html).with_suffix(".md")
 
 
-def report_command(
-    dirs: Annotated[list[str], typer.Argument(help="Eval folders written by `rational eval --out DIR`.")],
-    out: Annotated[str, typer.Option(help="HTML file to write; its Markdown twin goes next to it (r.html -> r.md).")]
-    = "report.html",
-    name: Annotated[list[str] | None, typer.Option(help="Label per folder, in order (default: from metrics.json).")]
-    = None,
-) -> None:
+@dataclass
+class ReportConfig:
+    """`rational report`: compare evaluated models in report.html and its Markdown twin."""
+
+    dirs: list[str] = setting(default_factory=list, help="Eval folders written by `rational eval --out DIR`.",
+                              positional=True)
+    out: str = setting("report.html", "HTML file to write; its Markdown twin goes next to it (r.html -> r.md).")
+    names: list[str] | None = setting(None, "Label per folder, in order (default: from metrics.json).",
+                                      old_flags=("--name",))
+
+
+def report_command(cfg: ReportConfig) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    path = build_report(dirs, out, names=name)
+    if not cfg.dirs:
+        raise UserError("no eval folders given; pass the folders written by `rational eval --out DIR`")
+    path = build_report(cfg.dirs, cfg.out, names=cfg.names)
     table = Table(title="Headline")
     for col in ("model", "suite", "metric", "rate [95% CI]", "n", "judge"):
         table.add_column(col)
-    for r in headline_rows(dirs, names=name):
+    for r in headline_rows(cfg.dirs, names=cfg.names):
         ci = "n/a" if r["rate"] is None else f"{r['rate']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]"
         table.add_row(r["name"], r["suite"], r["metric"], ci, str(r["n"]), r["judge"])
     console = Console()

@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .common import quiet_transformers
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -46,8 +48,6 @@ def build_tiny_random(out_dir: str | Path, seed: int = 0) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-
-    from .models import quiet_transformers
 
     quiet_transformers()
 

@@ -1,4 +1,4 @@
-"""One generation interface for every stage: `generator.generate(chats, params) -> outputs`.
+"""Inference backends behind one generation interface for every stage: `generator.generate(chats, params)`.
 
 Backends
   * `hf` (default): transformers `generate` with real batching — prompts sorted by length, left padded,
@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from .errors import UserError
+from .models import load_model_and_tokenizer, load_tokenizer, resolve, stop_token_ids
 
 Chat = list[dict[str, str]]
 BACKENDS = ("hf", "vllm", "openai", "scripted")
@@ -70,7 +71,14 @@ def _apply_stop(text: str, stop: list[str]) -> tuple[str, bool]:
 
 def _progress(total: int, desc: str, enabled: bool):
     """A rich progress bar with a live tokens/s field (disabled -> a no-op context)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -127,16 +135,12 @@ class HFGenerator:
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
         self.model_name = model_name
-        from .models import stop_token_ids
-
         self.eos_ids = stop_token_ids(tokenizer)
         self.stats = {"tokens": 0, "seconds": 0.0}
 
     @classmethod
     def load(cls, spec: str, adapter: str | None = None, dtype: str = "auto", batch_size: int = 8,
              trust_remote_code: bool = False, device: str | None = None):
-        from .models import load_model_and_tokenizer
-
         model, tok = load_model_and_tokenizer(spec, adapter=adapter, dtype=dtype, device=device,
                                               trust_remote_code=trust_remote_code)
         return cls(model, tok, batch_size=batch_size, model_name=spec)
@@ -217,8 +221,6 @@ class VLLMGenerator:
             from vllm import LLM
         except ImportError:
             raise UserError("backend 'vllm' needs vLLM: pip install 'rational[vllm]' (GPU machines)") from None
-        from .models import load_tokenizer, resolve
-
         resolved = resolve(spec)
         self.tokenizer = load_tokenizer(resolved, trust_remote_code)
         self.adapter = adapter

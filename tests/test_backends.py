@@ -2,8 +2,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from rational.backends import HFGenerator, OpenAIGenerator, SamplingParams, load_generator
 from rational.errors import UserError
-from rational.generation import HFGenerator, OpenAIGenerator, SamplingParams, load_generator
 
 CHATS = [
     [{"role": "user", "content": "hi"}],
@@ -101,7 +101,7 @@ def test_fast_top_p_matches_transformers_warpers():
     import torch
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-    from rational.generation import TemperatureTopP
+    from rational.backends import TemperatureTopP
 
     torch.manual_seed(0)
     peaked = torch.randn(6, 5000) * 6  # nucleus inside the top-k

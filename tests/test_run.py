@@ -46,7 +46,7 @@ def test_smoke_preset_end_to_end_and_skip_on_rerun(tmp_path, capsys):
 
 
 def test_failed_stage_is_one_line_and_resume_redoes_nothing(tmp_path, monkeypatch, capsys):
-    from rational import training
+    from rational import run as training
 
     out = tmp_path / "smoke"
     real = training.run_train

@@ -26,8 +26,9 @@ What happens, in order (`run_train`):
    `OUT/train_metrics.json`, `OUT/config.yaml`. The adapter/model folder is renamed into place last, so its
    presence (`is_trained`) means the stage finished.
 
-Scale-out works like `trl sft`: `--accelerate-config NAME|PATH` re-launches this same module under
-`accelerate launch` with a packaged profile (`accelerate_configs/*.yaml`). The training code is plain `Trainer`
+Scale-out works like `trl sft`: `--accelerate-config NAME|PATH` re-launches `rational train`
+(`python -m rational.cli train --config OUT/launch_config.yaml`) under `accelerate launch` with a packaged profile
+(`accelerate_configs/*.yaml`). The training code is plain `Trainer`
 code, so DDP, FSDP2 and DeepSpeed ZeRO-3 come from accelerate, not from us.
 """
 
@@ -37,23 +38,27 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import resource
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Any, Callable
 
-import typer
+import yaml
 
-from .config import library_versions
-from .data import write_json
+from .common import library_versions, write_json
+from .config import check, check_choice, check_range, save_config, setting
 from .errors import UserError
-from .models import DEFAULT_MODEL
-from .reasoning import ReasoningFormat, parse_output
+from .models import DEFAULT_MODEL, load_tokenizer, pick_device, pick_dtype, resolve
+from .reasoning import ReasoningFormat, extract_decision, parse_output
 
 METHODS = ("lora", "full")
 TRUNCATION_MODES = ("truncate", "drop")
@@ -68,48 +73,83 @@ PROFILE_ALIASES = {"multi_gpu": "ddp", "fsdp": "fsdp2", "deepspeed": "zero3"}
 
 @dataclass
 class TrainConfig:
-    """Everything `rational train` needs. Names follow TRL's `SFTConfig` where one exists."""
+    """`rational train`: SFT on rationales with TRL (LoRA or full). Names follow TRL's `SFTConfig` where one exists."""
 
-    model: str = DEFAULT_MODEL
-    data: str = ""  # sft.jsonl written by `rational generate` (or any file in that format)
-    out: str = ""  # output folder (TRL: output_dir); checkpoints go to OUT/checkpoints
-    method: str = "lora"  # "lora" | "full"
-    baseline: str | None = None  # None = Rational (reasoning + answer); "refusal-sft" = answers only
-    epochs: float = 2.0  # SFTConfig.num_train_epochs
-    max_steps: int = -1  # > 0 overrides epochs
-    learning_rate: float | None = None  # None: 2e-4 for LoRA, 2e-5 for full fine-tuning (the usual 10x rule)
-    per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    max_length: int = 1024  # tokens of prompt + completion
-    truncation: str = "truncate"  # longer sequences: "truncate" (keep the start) or "drop"; counted in metrics
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: str | list[str] = "all-linear"  # or a list / comma-separated names, e.g. q_proj,v_proj
-    dtype: str = "auto"  # auto: bf16 on a GPU or a CPU with native bf16, else fp32
-    gradient_checkpointing: bool | None = None  # None: on for GPU, off for CPU (it only costs time there)
-    attn_implementation: str | None = None  # None: transformers' default (sdpa); flash_attention_2 for padding-free
-    packing: bool = False  # TRL BFD packing; needs a flash-attention implementation
-    padding_free: bool = False  # needs a flash-attention implementation
-    save_steps: int = 50
-    save_total_limit: int | None = 2
-    logging_steps: int = 1
-    seed: int = 0
-    warmup_ratio: float = 0.03  # SFTConfig.warmup_steps accepts a fraction of the total steps
-    lr_scheduler_type: str = "cosine"
-    # Upsample the minority decision (decline: harmful/adversarial; comply: benign/borderline) by repeating its
-    # records, seeded, until both sides have the same count. Off by default. At tiny data sizes the majority
-    # decision otherwise becomes the model's default answer (see BENCHMARKS.md, demo runs).
-    balance_decisions: bool = False
-    weight_decay: float = 0.0
-    report_to: str = "none"  # "none" | "wandb" | "trackio" | "tensorboard"; no network calls unless asked
-    resume: bool = False  # continue from the last checkpoint in OUT/checkpoints (fresh start if none)
-    overwrite: bool = False  # delete a finished OUT/adapter (or model) and train again
-    merge: bool = False  # also write OUT/merged: base + adapter merged, loadable by plain transformers
-    accelerate_config: str | None = None  # profile name (single_gpu, ddp, fsdp2, zero3) or a YAML path
-    num_processes: int | None = None  # overrides the profile's process count
-    reasoning_open: str = "<think>"
-    reasoning_close: str = "</think>"
+    model: str = setting(DEFAULT_MODEL, "Model spec: registry name, local folder, .gguf or hub id.",
+                         same_on_resume=True)
+    data: str = setting("", "sft.jsonl written by `rational generate` (conversational prompt-completion records).",
+                        same_on_resume=True)
+    out: str = setting("", "Output folder (adapter/, train_metrics.json; checkpoints in OUT/checkpoints).")
+    method: str = setting("lora", "lora | full.", same_on_resume=True)
+    baseline: str | None = setting(None, "None = Rational (reasoning + answer); refusal-sft = the same prompts with "
+                                   "the answers only.", same_on_resume=True)
+    epochs: float = setting(2.0, "Number of epochs (SFTConfig.num_train_epochs).", same_on_resume=True)
+    max_steps: int = setting(-1, "Stop after N optimizer steps; -1 = train for `epochs`.", same_on_resume=True)
+    learning_rate: float | None = setting(None, "Learning rate (default 2e-4 for LoRA, 2e-5 for full fine-tuning, "
+                                          "the usual 10x rule).", same_on_resume=True, old_flags=("--lr",))
+    per_device_train_batch_size: int = setting(4, "Examples per device and step.", same_on_resume=True,
+                                               old_flags=("--batch-size",))
+    gradient_accumulation_steps: int = setting(1, "Steps whose gradients are summed before an update.",
+                                               same_on_resume=True, old_flags=("--grad-accum",))
+    max_length: int = setting(1024, "Max tokens of prompt + completion.", same_on_resume=True)
+    truncation: str = setting("truncate", "Longer sequences: truncate (keep the start) or drop; counted in "
+                              "train_metrics.json.", same_on_resume=True)
+    lora_r: int = setting(16, "LoRA rank.", same_on_resume=True)
+    lora_alpha: int = setting(32, "LoRA scaling numerator (the update is scaled by alpha / r).", same_on_resume=True)
+    lora_dropout: float = setting(0.05, "Dropout on the LoRA input.", same_on_resume=True)
+    lora_target_modules: str | list[str] = setting("all-linear", "all-linear, or module names (a list, or "
+                                                   "comma-separated: q_proj,v_proj).", same_on_resume=True)
+    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16 (auto: bf16 on a GPU or a CPU with native "
+                         "bf16, else fp32).", same_on_resume=True)
+    gradient_checkpointing: bool | None = setting(None, "Recompute activations in the backward pass (default: on "
+                                                  "for GPU, off for CPU, where it only costs time).")
+    attn_implementation: str | None = setting(None, "transformers attention kernel (default sdpa); "
+                                              "flash_attention_2 for packing / padding-free.", same_on_resume=True)
+    packing: bool = setting(False, "TRL BFD packing; needs a flash-attention implementation.", same_on_resume=True)
+    padding_free: bool = setting(False, "Padding-free batches; needs a flash-attention implementation.",
+                                 same_on_resume=True)
+    save_steps: int = setting(50, "Checkpoint every N steps.")
+    save_total_limit: int | None = setting(2, "Checkpoints kept (oldest deleted first).")
+    logging_steps: int = setting(1, "Log loss every N steps.")
+    seed: int = setting(0, "Seed for LoRA init, dropout and data order.", same_on_resume=True)
+    warmup_ratio: float = setting(0.03, "Share of the steps spent warming up the learning rate.",
+                                  same_on_resume=True)
+    lr_scheduler_type: str = setting("cosine", "Learning-rate schedule (transformers' names).", same_on_resume=True)
+    # At tiny data sizes the majority decision otherwise becomes the model's default answer (see BENCHMARKS.md).
+    balance_decisions: bool = setting(False, "Repeat the smaller side (decline vs comply records), seeded, until "
+                                      "both are equal.", same_on_resume=True)
+    weight_decay: float = setting(0.0, "AdamW weight decay.", same_on_resume=True)
+    report_to: str = setting("none", "none | wandb | trackio | tensorboard; no network calls unless asked.")
+    resume: bool = setting(False, "Continue from the last checkpoint in OUT/checkpoints (fresh start if none).")
+    overwrite: bool = setting(False, "Delete a finished OUT/adapter (or model) and train again.")
+    merge: bool = setting(False, "Also write OUT/merged: base + adapter merged, loadable by plain transformers.")
+    accelerate_config: str | None = setting(None, "Launch under accelerate with a profile: single_gpu, ddp, fsdp2, "
+                                            "zero3, or a YAML path.")
+    num_processes: int | None = setting(None, "Processes for the accelerate launch (overrides the profile).")
+    reasoning_open: str = setting("<think>", "Tag that opens the reasoning block.", same_on_resume=True)
+    reasoning_close: str = setting("</think>", "Tag that closes the reasoning block.", same_on_resume=True)
+
+    def __post_init__(self):
+        if self.baseline in ("none", "", "rational"):
+            self.baseline = None
+        check_choice(self, "method", METHODS)
+        check_choice(self, "truncation", TRUNCATION_MODES)
+        for name in ("max_length", "per_device_train_batch_size", "gradient_accumulation_steps", "save_steps",
+                     "logging_steps", "lora_r", "lora_alpha"):
+            check_range(self, name, 1)
+        check_range(self, "epochs", 0, lo_open=True)
+        check_range(self, "max_steps", 1, allow=(-1,))
+        check_range(self, "learning_rate", 0, lo_open=True, allow=(None,))
+        check_range(self, "lora_dropout", 0, 1, hi_open=True)
+        check_range(self, "warmup_ratio", 0, 1)
+        check_range(self, "weight_decay", 0)
+        check_range(self, "save_total_limit", 1, allow=(None,))
+        check_range(self, "num_processes", 1, allow=(None,))
+        check(not (self.merge and self.method != "lora"),
+              "--merge applies to LoRA adapters; a full fine-tune is already a complete model in OUT/model")
+        check(not ((self.packing or self.padding_free) and "flash" not in (self.attn_implementation or "")),
+              "packing/padding_free need a flash-attention kernel (e.g. --attn-implementation flash_attention_2 "
+              "on a GPU); without it sequences would attend across examples")
 
     @property
     def fmt(self) -> ReasoningFormat:
@@ -212,8 +252,6 @@ def _refusal_sft(record: dict, kind: str, fmt: ReasoningFormat) -> tuple[dict | 
     parsed = parse_output(text, fmt)
     answer = parsed.answer.strip()
     # A record with no kind: trust the reasoning's own decision to tell refusals from answers.
-    from .reasoning import extract_decision
-
     declines = kind in DECLINE_KINDS or (kind == "unknown" and extract_decision(parsed.reasoning) == "decline")
     if not answer or fmt.open_tag in answer or fmt.close_tag in answer:
         if not declines:
@@ -266,8 +304,6 @@ def balance_decisions(records: list[dict], kinds: list[str], seed: int = 0) -> t
     seeded sample without replacement for the remainder, so every minority record appears k or k+1 times.
     The repeats are appended after the originals; the Trainer shuffles them.
     """
-    import random
-
     decline = [i for i, k in enumerate(kinds) if k in DECLINE_KINDS]
     comply = [i for i, k in enumerate(kinds) if k in COMPLY_KINDS]
     info = {"decline_before": len(decline), "comply_before": len(comply), "repeated": 0}
@@ -330,23 +366,11 @@ def _apply_length_policy(prepared: Prepared, tokenizer, cfg: TrainConfig) -> Pre
 
 
 def _check_config(cfg: TrainConfig) -> None:
+    """What a run needs beyond the config's own checks (recipes leave data and out to the command line)."""
     if not cfg.data:
         raise UserError("no training data; pass --data sft.jsonl (or set train.data in the recipe)")
     if not cfg.out:
         raise UserError("no output folder; pass --out DIR (or set train.out in the recipe)")
-    if cfg.method not in METHODS:
-        raise UserError(f"unknown method '{cfg.method}'; use lora or full")
-    if cfg.truncation not in TRUNCATION_MODES:
-        raise UserError(f"unknown truncation '{cfg.truncation}'; use truncate or drop")
-    if cfg.merge and cfg.method != "lora":
-        raise UserError("--merge applies to LoRA adapters; a full fine-tune is already a complete model in OUT/model")
-    for name in ("max_length", "per_device_train_batch_size", "gradient_accumulation_steps", "save_steps",
-                 "logging_steps", "lora_r"):
-        if int(getattr(cfg, name)) < 1:
-            raise UserError(f"'{name}' must be at least 1 (got {getattr(cfg, name)})")
-    if (cfg.packing or cfg.padding_free) and "flash" not in (cfg.attn_implementation or ""):
-        raise UserError("packing/padding_free need a flash-attention kernel (e.g. --attn-implementation "
-                        "flash_attention_2 on a GPU); without it sequences would attend across examples")
 
 
 def _check_lora_targets(model, targets: str | list[str]) -> None:
@@ -439,8 +463,6 @@ def build_trainer(cfg: TrainConfig, prepared: Prepared | None = None, model=None
     from transformers import AutoModelForCausalLM, set_seed
     from trl import SFTTrainer
 
-    from .models import load_tokenizer, pick_device, pick_dtype, resolve
-
     _check_config(cfg)
     prepared = prepared or prepare_records(cfg)
     resolved = resolve(cfg.model) if model is None or tokenizer is None else None
@@ -496,7 +518,7 @@ def _train(trainer, resume_from: str | None, cfg: TrainConfig):
         if isinstance(e, MemoryError) or _is_oom(e):
             raise UserError(
                 f"out of memory while training (batch {cfg.per_device_train_batch_size}, max_length "
-                f"{cfg.max_length}); lower --batch-size or --max-length (raise --grad-accum to keep the "
+                f"{cfg.max_length}); lower --per-device-train-batch-size or --max-length (raise --gradient-accumulation-steps to keep the "
                 "effective batch), or set gradient_checkpointing: true in the recipe"
             ) from None
         raise
@@ -525,8 +547,6 @@ def merge_adapter(base_spec: str, adapter: str | Path, out: str | Path, dtype: s
     """Write base + LoRA adapter merged into one model folder (plus tokenizer) loadable by plain transformers."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    from .models import load_tokenizer, pick_dtype, resolve
 
     resolved = resolve(base_spec)
     base = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=pick_dtype(dtype, "cpu"))
@@ -578,8 +598,6 @@ def _last_checkpoint(out: Path) -> str | None:
 
 def run_train(cfg: TrainConfig) -> Path:
     """Train as configured and return the output folder (see the module docstring for what it contains)."""
-    from .config import save_config
-
     _check_config(cfg)
     cfg.learning_rate = cfg.lr()  # resolved value, so config.yaml records what was used
     if cfg.accelerate_config and not _in_distributed_child():
@@ -674,16 +692,12 @@ def accelerate_profile(name_or_path: str) -> Path:
     name = PROFILE_ALIASES.get(name_or_path, name_or_path)
     if name not in PROFILES:
         raise UserError(f"unknown accelerate config '{name_or_path}'; use {', '.join(PROFILES)} or a YAML path")
-    from importlib.resources import files
-
     return Path(str(files("rational") / "accelerate_configs" / f"{name}.yaml"))
 
 
 def accelerate_launch_args(cfg: TrainConfig, config_yaml: Path) -> list[str]:
     """`accelerate launch` arguments that run this module on the resolved config."""
     import torch
-
-    from .models import pick_dtype
 
     profile = accelerate_profile(cfg.accelerate_config)
     on_gpu = torch.cuda.is_available()
@@ -698,7 +712,7 @@ def accelerate_launch_args(cfg: TrainConfig, config_yaml: Path) -> list[str]:
         args += _rendezvous_port_args(profile)
     # No CUDA: the DDP profile still launches with torchrun; each rank then joins a gloo group because the
     # training arguments set use_cpu. (`accelerate launch --cpu` alone starts a single process in accelerate 1.x.)
-    return args + ["-m", "rational.training", "--config", str(config_yaml)]
+    return args + ["-m", "rational.cli", "train", "--config", str(config_yaml)]
 
 
 def _rendezvous_port_args(profile: Path) -> list[str]:
@@ -708,10 +722,6 @@ def _rendezvous_port_args(profile: Path) -> list[str]:
     killed one, makes the new ranks wait on someone else's rendezvous. Multi-machine profiles and profiles that
     set `main_process_port` are left as they are.
     """
-    import socket
-
-    import yaml
-
     conf = yaml.safe_load(profile.read_text()) or {}
     if conf.get("main_process_port") or int(conf.get("num_machines", 1)) != 1:
         return []
@@ -722,9 +732,6 @@ def _rendezvous_port_args(profile: Path) -> list[str]:
 
 def _launch_with_accelerate(cfg: TrainConfig) -> Path:
     """Re-run this same training under `accelerate launch`, the way `trl sft --accelerate_config` does."""
-    import subprocess
-
-    import yaml
     from accelerate.commands.launch import launch_command, launch_command_parser
 
     out = Path(cfg.out)
@@ -751,62 +758,8 @@ def _launch_with_accelerate(cfg: TrainConfig) -> Path:
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def train_command(
-    model: Annotated[str | None, typer.Option(help="Model spec: registry name, local folder, .gguf or hub id.")]
-    = None,
-    data: Annotated[str | None, typer.Option(help="sft.jsonl (conversational prompt-completion records).")] = None,
-    out: Annotated[str | None, typer.Option(help="Output folder (adapter/, train_metrics.json, ...).")] = None,
-    config: Annotated[str | None, typer.Option(help="YAML recipe (e.g. recipes/demo-cpu.yaml); flags win.")] = None,
-    method: Annotated[str | None, typer.Option(help="lora (default) or full.")] = None,
-    baseline: Annotated[str | None, typer.Option(help="refusal-sft: same prompts, answers without reasoning.")]
-    = None,
-    epochs: Annotated[float | None, typer.Option(help="Number of epochs.")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps (overrides epochs).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (default 2e-4 LoRA, 2e-5 full).")] = None,
-    per_device_train_batch_size: Annotated[int | None, typer.Option("--batch-size", help="Per-device batch.")]
-    = None,
-    gradient_accumulation_steps: Annotated[int | None, typer.Option("--grad-accum", help="Accumulation steps.")]
-    = None,
-    max_length: Annotated[int | None, typer.Option(help="Max tokens of prompt + completion.")] = None,
-    truncation: Annotated[str | None, typer.Option(help="truncate | drop sequences over max_length.")] = None,
-    lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
-    lora_target_modules: Annotated[str | None, typer.Option(help="all-linear or comma-separated names.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto | float32 | bfloat16 | float16")] = None,
-    save_steps: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    resume: Annotated[bool | None, typer.Option("--resume/--no-resume", help="Continue from the last checkpoint.")]
-    = None,
-    overwrite: Annotated[bool | None, typer.Option("--overwrite/--no-overwrite", help="Retrain a finished OUT.")]
-    = None,
-    merge: Annotated[bool | None, typer.Option("--merge/--no-merge", help="Also write OUT/merged.")] = None,
-    accelerate_config: Annotated[str | None, typer.Option(help="single_gpu | ddp | fsdp2 | zero3 | YAML path.")]
-    = None,
-    num_processes: Annotated[int | None, typer.Option(help="Processes for accelerate launch.")] = None,
-    balance_decisions: Annotated[bool | None, typer.Option(
-        "--balance-decisions/--no-balance-decisions",
-        help="Repeat the smaller side (decline vs comply records) until both are equal.")] = None,
-) -> None:
-    from .config import resolve_config
-
-    overrides = {
-        "model": model, "data": data, "out": out, "method": method, "baseline": baseline, "epochs": epochs,
-        "max_steps": max_steps, "learning_rate": lr, "per_device_train_batch_size": per_device_train_batch_size,
-        "gradient_accumulation_steps": gradient_accumulation_steps, "max_length": max_length,
-        "truncation": truncation, "lora_r": lora_r, "lora_target_modules": lora_target_modules, "dtype": dtype,
-        "save_steps": save_steps, "seed": seed, "resume": resume, "overwrite": overwrite, "merge": merge,
-        "accelerate_config": accelerate_config, "num_processes": num_processes,
-        "balance_decisions": balance_decisions,
-    }
-    cfg = resolve_config(TrainConfig, config, "train", overrides)
-    if cfg.baseline in ("none", "", "rational"):
-        cfg.baseline = None
+def train_command(cfg: TrainConfig) -> None:
     result = run_train(cfg)
     if not _in_distributed_child():
         print(f"[rational] trained: {artifact_dir(result, cfg.method)} (metrics: {result}/train_metrics.json)",
               file=sys.stderr)
-
-
-if __name__ == "__main__":  # `accelerate launch -m rational.training --config X.yaml` (one process per rank)
-    from .cli import main
-
-    main(["train", *sys.argv[1:]])

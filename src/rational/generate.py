@@ -1,4 +1,4 @@
-"""`rational generate`: self-generated safety rationales, judge-filtered, exported for TRL.
+"""`rational generate`: self-generated safety rationales, judge-filtered, exported for TRL (sft.jsonl).
 
 The method (paper §1.2): the model writes its own reasoning under one of two self-check system prompts,
 used only here, never at training or inference time:
@@ -37,24 +37,20 @@ import os
 import re
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+import yaml
 
-from .data import (
-    PromptRecord,
-    balanced_take,
-    decontaminate,
-    load_pool,
-    load_pools,
-    read_jsonl,
-    write_json,
-    write_jsonl,
-)
+from .backends import SamplingParams, load_generator
+from .common import balanced_take, read_jsonl, write_json, write_jsonl
+from .config import check_range, resume_keys, save_config, setting, to_dict
 from .errors import UserError
+from .judges import get_judge
 from .models import DEFAULT_MODEL
+from .mutations import assign_mutations, get_mutations, mutate_pairs
+from .prompts import PromptRecord, decontaminate, load_pool, load_pools, load_templates, read_records
 from .reasoning import SECTIONS, ReasoningFormat, extract_decision, format_output, has_all_sections, parse_output
 
 # Kinds that get the rejection self-check; the others get the compliance self-check.
@@ -115,46 +111,72 @@ DEFAULT_MUTATIONS = ["misspell", "leetspeak", "base64", "rot13", "caesar", "pref
 
 @dataclass
 class GenerateConfig:
-    model: str = DEFAULT_MODEL
-    out: str = "runs/generate"
-    pools: list[str] = field(default_factory=lambda: ["seed"])
-    limit: int | None = None  # prompts to generate for, balanced across kinds (after mutation)
-    mutations: list[str] = field(default_factory=lambda: list(DEFAULT_MUTATIONS))  # applied to harmful prompts
-    mutations_per_prompt: int = 1  # distinct mutations drawn per harmful prompt (0 = no adversarial prompts)
-    templates: str | None = None  # jailbreak template file/folder (default: public + own)
-    template_families: list[str] | None = None  # restrict the templates used here (hold others out for eval)
-    n_samples: int = 1
-    max_retries: int = 2
-    keep_per_prompt: int = 1  # accepted samples exported per prompt
-    max_new_tokens: int = 384
-    temperature: float = 0.7
-    top_p: float = 0.95
-    batch_size: int = 8
-    backend: str = "hf"
-    dtype: str = "auto"
-    seed: int = 0
-    judge: str = "refusal-keywords"
-    rej_system: str = REJECTION_SYSTEM
-    comp_system: str = COMPLIANCE_SYSTEM
-    exclude: list[str] = field(default_factory=list)  # eval prompt files / pool specs to decontaminate against
-    decontam_ngram: int = 8
-    decontam_threshold: float = 0.5
-    reasoning_open: str = "<think>"
-    reasoning_close: str = "</think>"
-    min_reasoning_chars: int = 80
-    min_answer_chars: int = 40  # a compliance answer shorter than this is not "helpful" (e.g. "You should comply.")
-    complete_answers: bool = True  # ask for the answer in a follow-up turn when a sample stops after the reasoning
-    answer_max_new_tokens: int | None = None  # token limit of that follow-up answer (None: max_new_tokens)
-    max_copied_ngram: int = 8  # reject reasoning copying this many consecutive words of the one-shot example (0: off)
-    reject_answer_echo: bool = True  # reject answers about the example's request or repeating the instructions
+    """`rational generate`: self-generated, judge-filtered safety rationales -> sft.jsonl.
 
+    Every setting that changes the generated data must match when a run resumes into the same folder (batch_size
+    included: sampling is seeded per batch); only `out`, `backend` and `dtype` may differ.
+    """
 
-# Fields that change the generated data: a resumed run must match them (batch_size, out... may differ).
-RESUME_KEYS = ("model", "pools", "limit", "mutations", "mutations_per_prompt", "templates", "template_families",
-               "n_samples", "max_retries", "max_new_tokens", "temperature", "top_p", "seed", "judge", "rej_system",
-               "comp_system", "exclude", "decontam_ngram", "decontam_threshold", "reasoning_open", "reasoning_close",
-               "min_reasoning_chars", "batch_size", "keep_per_prompt", "complete_answers",
-               "min_answer_chars", "answer_max_new_tokens", "max_copied_ngram", "reject_answer_echo")
+    model: str = setting(DEFAULT_MODEL, "Model spec (the model writes its own rationales): registry name, local "
+                         "folder, .gguf or hub id.", same_on_resume=True)
+    out: str = setting("runs/generate", "Output folder (sft.jsonl, candidates.jsonl, stats.json); resumes a run.")
+    pools: list[str] = setting(default_factory=lambda: ["seed"], help="Prompt pool: file or name (seed, advbench, "
+                               "xstest-safe, ...); repeatable.", same_on_resume=True, old_flags=("--pool",))
+    limit: int | None = setting(None, "Generate for at most N prompts, balanced across kinds (after mutation).",
+                                same_on_resume=True)
+    mutations: list[str] = setting(default_factory=lambda: list(DEFAULT_MUTATIONS), help="Mutation applied to "
+                                   "harmful prompts; repeatable (a name listed twice is drawn twice as often).",
+                                   same_on_resume=True, old_flags=("--mutation",))
+    mutations_per_prompt: int = setting(1, "Distinct mutations drawn per harmful prompt (0 = no adversarial "
+                                        "prompts).", same_on_resume=True)
+    templates: str | None = setting(None, "Jailbreak template file or folder (default: public + own).",
+                                    same_on_resume=True)
+    template_families: list[str] | None = setting(None, "Restrict the templates used here to these families "
+                                                  "(hold the others out for eval); repeatable.", same_on_resume=True)
+    n_samples: int = setting(1, "Samples per prompt and attempt.", same_on_resume=True)
+    max_retries: int = setting(2, "Extra attempts for prompts with no accepted sample.", same_on_resume=True)
+    keep_per_prompt: int = setting(1, "Accepted samples exported per prompt.", same_on_resume=True)
+    max_new_tokens: int = setting(384, "Token budget per sample.", same_on_resume=True)
+    temperature: float = setting(0.7, "Sampling temperature.", same_on_resume=True)
+    top_p: float = setting(0.95, "Nucleus sampling mass.", same_on_resume=True)
+    batch_size: int = setting(8, "Prompts per generation batch (sampling is seeded per batch).", same_on_resume=True)
+    backend: str = setting("hf", "hf | vllm | openai | scripted (canned rationales for plumbing runs with "
+                           "tiny-random only).")
+    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16 (auto: bf16 where the hardware has it).")
+    seed: int = setting(0, "Seed for mutations and sampling.", same_on_resume=True)
+    judge: str = setting("refusal-keywords", "Judge for the final answers.", same_on_resume=True)
+    rej_system: str = setting(REJECTION_SYSTEM, "Rejection self-check system prompt ({open}/{close} become the "
+                              "reasoning tags).", same_on_resume=True, cli=False)
+    comp_system: str = setting(COMPLIANCE_SYSTEM, "Compliance self-check system prompt ({open}/{close} become the "
+                               "reasoning tags).", same_on_resume=True, cli=False)
+    exclude: list[str] = setting(default_factory=list, help="Eval prompts (file or pool) to decontaminate "
+                                 "against; repeatable.", same_on_resume=True)
+    decontam_ngram: int = setting(8, "Word n-gram length of the decontamination overlap test.", same_on_resume=True)
+    decontam_threshold: float = setting(0.5, "Share of a prompt's n-grams found in eval prompts that removes it.",
+                                        same_on_resume=True)
+    reasoning_open: str = setting("<think>", "Tag that opens the reasoning block.", same_on_resume=True)
+    reasoning_close: str = setting("</think>", "Tag that closes the reasoning block.", same_on_resume=True)
+    min_reasoning_chars: int = setting(80, "Shorter reasoning is rejected.", same_on_resume=True)
+    min_answer_chars: int = setting(40, "A compliance answer shorter than this is not helpful (e.g. 'You should "
+                                    "comply.').", same_on_resume=True)
+    complete_answers: bool = setting(True, "Ask for the answer in a follow-up turn when a sample stops after its "
+                                     "reasoning.", same_on_resume=True)
+    answer_max_new_tokens: int | None = setting(None, "Token limit of that follow-up answer (default: "
+                                                "max_new_tokens).", same_on_resume=True)
+    max_copied_ngram: int = setting(8, "Reject reasoning copying this many consecutive words of the one-shot "
+                                    "example (0: off).", same_on_resume=True)
+    reject_answer_echo: bool = setting(True, "Reject answers about the example's request or repeating the "
+                                       "instructions.", same_on_resume=True)
+
+    def __post_init__(self):
+        for name in ("n_samples", "keep_per_prompt", "batch_size", "max_new_tokens"):
+            check_range(self, name, 1)
+        check_range(self, "max_retries", 0)
+        check_range(self, "mutations_per_prompt", 0)
+        check_range(self, "limit", 1, allow=(None,))
+        check_range(self, "answer_max_new_tokens", 1, allow=(None,))
+        check_range(self, "temperature", 0)
+        check_range(self, "top_p", 0, 1, lo_open=True)
 
 
 # Settings added after runs were already written: a saved config without them behaved like this value.
@@ -171,8 +193,6 @@ def system_prompt(cfg: GenerateConfig, kind: str) -> str:
 
 def build_prompts(cfg: GenerateConfig, generator_factory=None) -> tuple[list[PromptRecord], dict]:
     """Pools -> decontaminated base prompts -> + adversarial mutations -> `limit` prompts. Returns (prompts, info)."""
-    from .mutations import assign_mutations, get_mutations, mutate_pairs
-
     get_mutations(cfg.mutations)  # unknown names fail before any loading
     base = load_pools(cfg.pools)
     eval_recs = [r for spec in cfg.exclude for r in load_pool(spec)]
@@ -189,8 +209,6 @@ def build_prompts(cfg: GenerateConfig, generator_factory=None) -> tuple[list[Pro
         pairs = assign_mutations(harmful, cfg.mutations, cfg.mutations_per_prompt, cfg.seed)
         templates = None
         if any(n == "template" for _, n in pairs):
-            from .data import load_templates
-
             templates = load_templates(cfg.templates, cfg.template_families)
         needs_model = any(get_mutations([n])[0].needs_model for _, n in pairs)
         gen = generator_factory() if needs_model and generator_factory else None
@@ -379,13 +397,9 @@ def _check_resume(cfg: GenerateConfig, out: Path) -> bool:
     saved = out / "config.yaml"
     if not saved.is_file():
         return False
-    import yaml
-
     old = yaml.safe_load(saved.read_text()) or {}
-    from .config import to_dict
-
     new = json.loads(json.dumps(to_dict(cfg), default=str))
-    diff = [k for k in RESUME_KEYS if old.get(k, _ADDED_LATER.get(k)) != new.get(k)]
+    diff = [k for k in resume_keys(GenerateConfig) if old.get(k, _ADDED_LATER.get(k)) != new.get(k)]
     if diff:
         raise UserError(f"{out}: holds a generate run with different '{diff[0]}'; use the same arguments to "
                         f"resume, or a new --out")
@@ -414,15 +428,6 @@ class _Appender:
 
 def run_generate(cfg: GenerateConfig, generator=None, judge=None, progress: bool = True) -> Path:
     """Run synthesis into `cfg.out`; returns the path of `sft.jsonl`. Resumes a previous run in the same folder."""
-    from .config import save_config
-    from .generation import SamplingParams, load_generator
-    from .judges import get_judge
-
-    for name in ("n_samples", "keep_per_prompt", "batch_size", "max_new_tokens"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.max_retries < 0:
-        raise UserError(f"max_retries must be >= 0, got {cfg.max_retries}")
     fmt = ReasoningFormat(cfg.reasoning_open, cfg.reasoning_close)
     judge = judge or get_judge(cfg.judge)
     out = Path(cfg.out)
@@ -441,7 +446,7 @@ def run_generate(cfg: GenerateConfig, generator=None, judge=None, progress: bool
 
     prompts_path, info_path = out / "prompts.jsonl", out / "prompts_info.json"
     if prompts_path.is_file() and info_path.is_file():
-        prompts = read_jsonl(prompts_path, as_records=True)
+        prompts = read_records(prompts_path)
         info = json.loads(info_path.read_text())
     else:
         prompts, info = build_prompts(cfg, gen)
@@ -510,8 +515,6 @@ def complete_answers(generator, chats, outputs, cfg: GenerateConfig, fmt: Reason
     Returns {(prompt index, sample index): reasoning + answer text}. One batched call; its seed is derived from
     the chunk's, so a resumed run reproduces it.
     """
-    from dataclasses import replace
-
     todo = []
     for i, o in enumerate(outputs):
         for j, comp in enumerate(o.completions[: cfg.n_samples]):
@@ -608,36 +611,9 @@ def compute_stats(cfg: GenerateConfig, prompts: list[PromptRecord], candidates: 
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def generate_command(
-    model: Annotated[str | None, typer.Option(help="Model spec: registry name, local folder, .gguf or hub id.")] = None,
-    out: Annotated[str | None, typer.Option(help="Output folder (sft.jsonl, candidates.jsonl, stats.json).")] = None,
-    config: Annotated[str | None, typer.Option(help="YAML recipe (its generate: section); flags win.")] = None,
-    pool: Annotated[list[str] | None, typer.Option(help="Prompt pool: file or name (seed, advbench, xstest-safe, "
-                                                        "...); repeatable.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Generate for at most N prompts (balanced across kinds).")] = None,
-    mutation: Annotated[list[str] | None, typer.Option(help="Mutation applied to harmful prompts; repeatable.")] = None,
-    n_samples: Annotated[int | None, typer.Option(help="Samples per prompt and attempt.")] = None,
-    max_retries: Annotated[int | None, typer.Option(help="Extra attempts for prompts with no accepted sample.")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Token budget per sample.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (default 0.7).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Prompts per generation batch.")] = None,
-    backend: Annotated[str | None, typer.Option(
-        help="hf | vllm | openai | scripted (canned rationales for plumbing runs with tiny-random only)")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto | float32 | bfloat16 | float16")] = None,
-    judge: Annotated[str | None, typer.Option(help="Judge for the final answers (default refusal-keywords).")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Eval prompts (file or pool) to decontaminate against; "
-                                                           "repeatable.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for mutations and sampling.")] = None,
-) -> None:
+def generate_command(cfg: GenerateConfig) -> None:
     from rich.console import Console
 
-    from .config import resolve_config
-
-    overrides = {"model": model, "out": out, "pools": pool or None, "limit": limit, "mutations": mutation or None,
-                 "n_samples": n_samples, "max_retries": max_retries, "max_new_tokens": max_new_tokens,
-                 "temperature": temperature, "batch_size": batch_size, "backend": backend, "dtype": dtype,
-                 "judge": judge, "exclude": exclude or None, "seed": seed}
-    cfg = resolve_config(GenerateConfig, config, "generate", overrides)
     path = run_generate(cfg)
     stats = json.loads((path.parent / "stats.json").read_text())
     console = Console(stderr=True)

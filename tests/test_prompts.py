@@ -1,14 +1,24 @@
-"""Prompt pools, templates, splits and decontamination (data.py)."""
+"""Prompt pools, templates, splits and decontamination (prompts.py)."""
 
 import json
 
 import pytest
 
-from rational.data import (
-    KINDS, PromptRecord, balanced_take, data_root, decontaminate, load_pool, load_pools, load_templates,
-    read_jsonl, split_by_base, split_templates, template_family, write_jsonl,
-)
+from rational.common import balanced_take, read_jsonl, write_jsonl
 from rational.errors import UserError
+from rational.prompts import (
+    KINDS,
+    PromptRecord,
+    data_root,
+    decontaminate,
+    load_pool,
+    load_pools,
+    load_templates,
+    read_records,
+    split_by_base,
+    split_templates,
+    template_family,
+)
 
 
 def test_seed_pool_shape():
@@ -35,7 +45,7 @@ def test_record_roundtrip_and_jsonl(tmp_path):
     r = PromptRecord("x-1", "hi", "benign", meta={"a": 1})
     assert PromptRecord.from_dict(r.to_dict()) == r
     p = write_jsonl(tmp_path / "a.jsonl", [r, {"id": "x-2", "prompt": "yo", "kind": "benign"}])
-    back = read_jsonl(p, as_records=True)
+    back = read_records(p)
     assert [b.id for b in back] == ["x-1", "x-2"] and back[0].meta == {"a": 1}
     # A truncated last line (killed mid-write) is skipped; a broken middle line is an error.
     with p.open("a") as f:

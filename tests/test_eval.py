@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from rational import data
+from rational import prompts as data
+from rational.backends import Completion, GenerationOutput
 from rational.cli import main
 from rational.errors import UserError
-from rational.evaluation import (SUITES, EvalConfig, build_suite, exact_match, extract_number, judge_check,
-                                 run_eval)
-from rational.generation import Completion, GenerationOutput
+from rational.eval import SUITES, EvalConfig, build_suite, exact_match, extract_number, run_eval
+from rational.judges import judge_check
 
 DECLINE = "<think>\nIntent: harmful.\nDecision: decline\n</think>\n\nI can't help with that."
 COMPLY = "<think>\nIntent: fine.\nDecision: comply\n</think>\n\nSure! The answer is 42."
@@ -127,7 +127,7 @@ def test_offline_fallbacks_use_the_seed_pool(monkeypatch):
 
 def test_smoke_on_tiny_random_cli(tmp_path, tiny_path, capsys):
     out = tmp_path / "e"
-    main(["eval", "--model", "tiny-random", "--suite", "smoke", "--out", str(out), "--max-new-tokens", "4",
+    main(["eval", "--model", "tiny-random", "--suites", "smoke", "--out", str(out), "--max-new-tokens", "4",
           "--batch-size", "16"])
     m = json.loads((out / "metrics.json").read_text())
     rows = data.read_jsonl(out / "generations.jsonl")
@@ -139,9 +139,9 @@ def test_smoke_on_tiny_random_cli(tmp_path, tiny_path, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--suite", "everything"], "unknown suite 'everything'"),
-    (["--suite", "smoke", "--judge", "magic"], "unknown judge 'magic'"),
-    (["--suite", "smoke", "--judge", "strongreject"], "needs a judge model"),
+    (["--suites", "everything"], "unknown suite 'everything'"),
+    (["--suites", "smoke", "--judge", "magic"], "unknown judge 'magic'"),
+    (["--suites", "smoke", "--judge", "strongreject"], "needs a judge model"),
 ])
 def test_bad_input_one_line(tmp_path, capsys, argv, needle):
     with pytest.raises(SystemExit) as e:
@@ -165,7 +165,7 @@ def test_judge_check_on_a_small_file(tmp_path, capsys):
                    "c,Here is something else entirely.,1,text\n")
     r = judge_check("refusal-keywords", [str(csv)])
     assert r["n"] == 3 and r["accuracy"]["k"] == 2 and r["precision"]["rate"] == 1.0 and r["recall"]["k"] == 1
-    main(["judge-check", "--file", str(csv), "--no-save"])
+    main(["judge-check", "--labels", str(csv), "--no-save"])
     assert "Cohen's kappa" in capsys.readouterr().out
     bad = tmp_path / "bad.csv"
     bad.write_text("objective,response\nx,y\n")

@@ -16,7 +16,7 @@ import pytest
 
 from rational.config import resolve_config
 from rational.errors import UserError
-from rational.training import (
+from rational.train import (
     PLAIN_REFUSAL,
     TrainConfig,
     _apply_length_policy,
@@ -165,7 +165,7 @@ def test_cli_train_then_chat_merge_and_artifacts(sft_file, tmp_path, capsys):
 
     out = tmp_path / "t"
     main(["train", "--model", "tiny-random", "--data", str(sft_file), "--out", str(out), "--max-steps", "2",
-          "--lr", "1e-2", "--dtype", "float32", "--merge"])
+          "--learning-rate", "1e-2", "--dtype", "float32", "--merge"])
     assert is_trained(out)
     for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "merged/config.json",
                  "train_metrics.json", "config.yaml"):
@@ -314,7 +314,7 @@ def test_out_of_memory_is_one_line(tmp_path):
                                "you tried to allocate 8589934592 bytes. Error code 12 (Cannot allocate memory)")
 
     for t in (OOMTrainer(), OldOOMTrainer()):
-        with pytest.raises(UserError, match="out of memory while training .*lower --batch-size or --max-length"):
+        with pytest.raises(UserError, match="out of memory while training .*lower --per-device-train-batch-size or --max-length"):
             _train(t, None, _cfg("x", tmp_path))
 
 
@@ -364,7 +364,7 @@ def test_smoke_recipe_values(tmp_path):
 
 
 def test_one_machine_launch_gets_its_own_rendezvous_port(tmp_path):
-    from rational.training import accelerate_launch_args
+    from rational.train import accelerate_launch_args
 
     args = accelerate_launch_args(TrainConfig(accelerate_config="ddp", num_processes=2), tmp_path / "c.yaml")
     port = int(args[args.index("--main_process_port") + 1])
@@ -380,7 +380,7 @@ def test_ddp_two_cpu_ranks_train_identical_weights(sft_file, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "rational.cli", "train", "--model", "tiny-random", "--data", str(sft_file),
-           "--out", str(out), "--max-steps", "2", "--batch-size", "2", "--dtype", "float32", "--lr", "1e-2",
+           "--out", str(out), "--max-steps", "2", "--per-device-train-batch-size", "2", "--dtype", "float32", "--learning-rate", "1e-2",
            "--accelerate-config", "ddp", "--num-processes", "2"]
     # Own process group, so a hung rank is killed with the launcher instead of outliving the test.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

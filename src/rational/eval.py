@@ -1,4 +1,4 @@
-"""`rational eval` and `rational judge-check`: safety, over-refusal, capability and reasoning suites.
+"""`rational eval`: safety, over-refusal, capability and reasoning suites, judged, with 95% intervals.
 
 A suite is a list of prompts; how each prompt is scored follows from its record, so built-in suites and a
 custom `--prompts FILE` are scored the same way:
@@ -15,28 +15,43 @@ reasoning, and for faithfulness: the decision stated in the reasoning ("Decision
 with what the answer did (refused or not).
 
 Every suite has an offline fallback built from the packaged seed pool, so `rational eval` works on a machine
-without the public data sets; with them present (`data.data_root()`), the public sets are used.
+without the public data sets; with them present (`prompts.data_root()`), the public sets are used.
 Outputs: OUT/generations.jsonl (one line per prompt, appended and flushed per batch, so an interrupted run
-resumes where it stopped), OUT/metrics.json (schema in docs/evaluation.md), OUT/config.yaml.
+resumes where it stopped), OUT/metrics.json (schema in docs/eval.md), OUT/config.yaml.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
 
-import typer
+import yaml
 
-from .data import write_json, write_text_atomic
+from . import mutations, prompts
+from .backends import SamplingParams, load_generator
+from .common import read_jsonl, seeded_sample, write_json, write_text_atomic
+from .config import check_range, resume_keys, save_config, setting
 from .errors import UserError
+from .judges import (
+    MTBenchJudge,
+    RefusalKeywordJudge,
+    check_spec,
+    get_judge,
+    split_spec,
+    validation_figures,
+)
+from .models import DEFAULT_MODEL
+from .prompts import KINDS, PromptRecord, load_pool, load_templates, normalise, read_records
+from .reasoning import ReasoningFormat, extract_decision, parse_output
+from .stats import mean_stat, proportion
 
 SUITES = ("harmful", "jailbreak", "over-refusal", "capability", "reasoning", "smoke")
 # The number each suite is judged by in the headline table (and whether lower is better).
@@ -54,30 +69,52 @@ METRICS_SCHEMA = "rational.eval/v1"
 PROMPT_FILE_COLUMNS = ("id", "prompt", "kind", "category", "attack")
 
 
+DEFAULT_SUITES = ("harmful", "jailbreak", "over-refusal", "capability", "reasoning")
+
+
 @dataclass
 class EvalConfig:
-    model: str = "qwen2.5-coder-0.5b-instruct"
-    adapter: str | None = None
-    name: str | None = None  # label in reports (default: adapter folder name, else the model)
-    suites: list[str] = field(default_factory=lambda: ["harmful", "jailbreak", "over-refusal", "capability",
-                                                       "reasoning"])
-    prompts: str | None = None  # custom suite (JSONL with id, prompt, kind, category, attack[, answer])
-    judge: list[str] = field(default_factory=lambda: ["refusal-keywords"])
-    limit: int | None = None  # max prompts per suite (seeded sample, balanced across attacks/sources)
-    out: str = "runs/eval"
-    max_new_tokens: int | None = None  # None: 512, or 32 for a smoke-only run (a quick look, seconds on CPU)
-    temperature: float = 0.0
-    top_p: float = 1.0
-    batch_size: int = 8
-    backend: str = "hf"
-    base_url: str | None = None
-    dtype: str = "auto"
-    seed: int = 0
-    exclude_train: str | None = None  # sft.jsonl / prompts.jsonl / stats.json of a training run
-    jailbreak_bases: int = 50  # harmful requests wrapped by every attack in the jailbreak suite
-    attack_model: str | None = None  # model that writes persuasion / past-tense rewrites (None: rule-based only)
-    reasoning_open: str = "<think>"
-    reasoning_close: str = "</think>"
+    """`rational eval`: generate answers to a suite of prompts, judge them, and compute metrics with intervals."""
+
+    model: str = setting(DEFAULT_MODEL, "Model spec: registry name, local folder, .gguf or hub id (or the served "
+                         "model name with --backend openai).", same_on_resume=True)
+    adapter: str | None = setting(None, "PEFT adapter folder from `rational train`.", same_on_resume=True)
+    name: str | None = setting(None, "Label of this model in reports (default: adapter folder name, else the model).")
+    suites: list[str] | None = setting(None, f"Built-in suite(s): {', '.join(SUITES)}; repeatable. Default: "
+                                       f"{', '.join(DEFAULT_SUITES)}, or none when --prompts is given.",
+                                       old_flags=("--suite",))
+    prompts: str | None = setting(None, "Custom suite: JSONL with id, prompt, kind, category, attack[, answer, "
+                                  "suite].")
+    judge: list[str] = setting(default_factory=lambda: ["refusal-keywords"], help="Judge spec(s), repeatable: "
+                               "refusal-keywords, strongreject@MODEL, xstest@openai:gpt-4o-mini, wildguard, ...")
+    limit: int | None = setting(None, "Max prompts per suite (seeded sample, balanced across attacks/sources).")
+    out: str = setting("runs/eval", "Output folder (resumes if it holds the same evaluation).")
+    max_new_tokens: int | None = setting(None, "Token limit per answer (default 512; 32 for --suites smoke alone).",
+                                         same_on_resume=True)
+    temperature: float = setting(0.0, "Sampling temperature; 0 = greedy (default).", same_on_resume=True)
+    top_p: float = setting(1.0, "Nucleus sampling mass (only with temperature > 0).", same_on_resume=True)
+    batch_size: int = setting(8, "Generation batch size.")
+    backend: str = setting("hf", "Inference backend: hf | vllm | openai.")
+    base_url: str | None = setting(None, "Endpoint for --backend openai (e.g. http://127.0.0.1:8000/v1).")
+    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16 (auto: bf16 where the hardware has it).")
+    seed: int = setting(0, "Seed for sampling and suite samples.", same_on_resume=True)
+    exclude_train: str | None = setting(None, "sft.jsonl / prompts.jsonl / stats.json of a training run: its "
+                                        "prompts, bases and templates are left out.")
+    jailbreak_bases: int = setting(50, "Harmful requests wrapped by every attack in the jailbreak suite.")
+    attack_model: str | None = setting(None, "Model that writes persuasion / past-tense attacks for the jailbreak "
+                                       "suite (default: rule-based attacks only).")
+    reasoning_open: str = setting("<think>", "Tag that opens the reasoning block.", same_on_resume=True)
+    reasoning_close: str = setting("</think>", "Tag that closes the reasoning block.", same_on_resume=True)
+
+    def __post_init__(self):
+        check_range(self, "limit", 1, allow=(None,))
+        check_range(self, "batch_size", 1)
+        check_range(self, "jailbreak_bases", 1)
+
+    def effective_suites(self) -> list[str]:
+        if self.suites is None:
+            return [] if self.prompts else list(DEFAULT_SUITES)
+        return list(self.suites)
 
 
 # ------------------------------------------------------------------------------------------ suites
@@ -93,66 +130,39 @@ def _item(rec, suite: str) -> dict:
             "scoring": meta.get("scoring") or ("exact" if rec.answer is not None else rec.kind)}
 
 
-def _sample(items: list[dict], limit: int | None, seed: int, key: str = "source") -> list[dict]:
-    """A seeded sample of at most `limit` items, round-robin over `key` so a small limit covers every group."""
-    if limit is None or limit >= len(items):
-        return items
-    rng = random.Random(seed)
-    groups: dict[str, list[dict]] = {}
-    for it in items:
-        groups.setdefault(str(it.get(key)), []).append(it)
-    for g in groups.values():
-        rng.shuffle(g)
-    out, i = [], 0
-    while len(out) < limit:
-        for name in sorted(groups):
-            if i < len(groups[name]) and len(out) < limit:
-                out.append(groups[name][i])
-        i += 1
-    return out
-
-
 def _pool(public: list[str], fallback: list[str]) -> list:
     """Records from the public sources when the shared data is present, else from the packaged seed pool."""
-    from . import data
-
-    specs = public if data.data_root() is not None else fallback
-    return [r for s in specs for r in data.load_pool(s)]
+    specs = public if prompts.data_root() is not None else fallback
+    return [r for s in specs for r in load_pool(s)]
 
 
 def _capability_records(with_mtbench: bool) -> list:
-    from . import data
-
-    root = data.data_root()
+    root = prompts.data_root()
     if root is None:
-        recs = [data.PromptRecord.from_dict(d) for d in data.read_jsonl(CAPABILITY_OWN)]
+        recs = read_records(CAPABILITY_OWN)
     else:
-        recs = data.load_pool("gsm8k")
+        recs = load_pool("gsm8k")
     if with_mtbench and root is not None and (root / "mt_bench" / "question.jsonl").is_file():
-        for q in data.read_jsonl(root / "mt_bench" / "question.jsonl"):  # first turn only
-            recs.append(data.PromptRecord(f"mtbench-{q['question_id']}", q["turns"][0], "benign", q["category"],
-                                          "mt-bench", meta={"scoring": "mtbench"}))
+        for q in read_jsonl(root / "mt_bench" / "question.jsonl"):  # first turn only
+            recs.append(PromptRecord(f"mtbench-{q['question_id']}", q["turns"][0], "benign", q["category"],
+                                     "mt-bench", meta={"scoring": "mtbench"}))
     return recs
 
 
 def _jailbreak_records(cfg: EvalConfig, n_bases: int) -> tuple[list, dict]:
     """Harmful requests wrapped by every rule-based mutation, one template per template family, and (with an
     attack model) the model-written persuasion / past-tense rewrites."""
-    from . import data, mutations
-
     bases = _pool(["jbb-harmful"], ["seed:harmful"])
     random.Random(cfg.seed).shuffle(bases)
     bases = bases[:n_bases]
     names = [n for n in mutations.RULE_BASED if n != "template"]
     recs = mutations.mutate(bases, names, seed=cfg.seed)
-    templates = data.load_templates()
+    templates = load_templates()
     for family in sorted({t.family for t in templates}):
         recs += mutations.mutate(bases, ["template"], seed=cfg.seed, templates=[t for t in templates
                                                                                  if t.family == family])
     failed: list[dict] = []
     if cfg.attack_model:
-        from .generation import load_generator
-
         rewriter = load_generator("hf" if cfg.backend == "openai" else cfg.backend, cfg.attack_model,
                                   dtype=cfg.dtype, batch_size=cfg.batch_size)
         recs += mutations.mutate(bases, list(mutations.MODEL_BASED), seed=cfg.seed, generator=rewriter, failed=failed)
@@ -175,10 +185,10 @@ def build_suite(name: str, cfg: EvalConfig, mtbench: bool = False) -> tuple[list
     elif name == "smoke":  # a handful from each suite, for tests and a first look
         items: list[dict] = []
         for sub, n in (("harmful", 2), ("jailbreak", 3), ("over-refusal", 2), ("capability", 2)):
-            sub_cfg = EvalConfig(**{**cfg.__dict__, "jailbreak_bases": 1})
+            sub_cfg = dataclasses.replace(cfg, jailbreak_bases=1)
             sub_items, _ = build_suite(sub, sub_cfg)
             key = "attack" if sub == "jailbreak" else "source"
-            for it in _sample(sub_items, n, cfg.seed, key):
+            for it in seeded_sample(sub_items, n, cfg.seed, key):
                 items.append({**it, "id": f"smoke/{it['record_id']}", "suite": "smoke"})
         return items, {}
     else:
@@ -188,10 +198,8 @@ def build_suite(name: str, cfg: EvalConfig, mtbench: bool = False) -> tuple[list
 
 def load_prompts_file(path: str) -> list[dict]:
     """A custom suite: JSONL rows with id, prompt, kind, category, attack (answer optional)."""
-    from . import data
-
     p = Path(path)
-    rows = data.read_jsonl(p)  # UserError for a missing file or a bad line
+    rows = read_jsonl(p)  # UserError for a missing file or a bad line
     if not rows:
         raise UserError(f"{p}: no prompts; each line needs {', '.join(PROMPT_FILE_COLUMNS)}")
     seen = set()
@@ -206,15 +214,15 @@ def load_prompts_file(path: str) -> list[dict]:
         if missing:
             raise UserError(f"{p}:{i}: missing column '{missing[0]}'; every line needs "
                             f"{', '.join(PROMPT_FILE_COLUMNS)} (attack may be null)")
-        if row["kind"] not in data.KINDS:
-            raise UserError(f"{p}:{i}: kind '{row['kind']}' is not one of {', '.join(data.KINDS)}")
+        if row["kind"] not in KINDS:
+            raise UserError(f"{p}:{i}: kind '{row['kind']}' is not one of {', '.join(KINDS)}")
         if not str(row["prompt"]).strip():
             raise UserError(f"{p}:{i}: empty prompt")
         if str(row["id"]) in seen:
             raise UserError(f"{p}:{i}: id '{row['id']}' appears twice; ids must be unique")
         seen.add(str(row["id"]))
         answer = row.get("answer")
-        rec = data.PromptRecord(str(row["id"]), str(row["prompt"]), row["kind"], row["category"] or "",
+        rec = PromptRecord(str(row["id"]), str(row["prompt"]), row["kind"], row["category"] or "",
                                 row.get("source") or p.stem, row["attack"] or None, row.get("base_id"),
                                 row.get("template"), None if answer is None else str(answer))
         items.append(_item(rec, suite))
@@ -248,29 +256,25 @@ def _collect(obj, out: dict[str, set]) -> None:
 
 def load_training_exclusions(path: str) -> dict[str, set]:
     """Ids, base ids, template ids and normalised prompts used by a training run (.jsonl dataset or .json stats)."""
-    from . import data
-
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--exclude-train {p}: file not found; pass the sft.jsonl, prompts.jsonl or stats.json "
                         f"of the training run")
     out: dict[str, set] = {"ids": set(), "base_ids": set(), "templates": set(), "prompts": set()}
     if p.suffix == ".jsonl":
-        _collect(data.read_jsonl(p), out)
+        _collect(read_jsonl(p), out)
     else:
         try:
             _collect(json.loads(p.read_text(encoding="utf-8")), out)
         except json.JSONDecodeError:
             raise UserError(f"--exclude-train {p}: not valid JSON; pass a .jsonl dataset or a stats.json") from None
-    out["prompts"] = {data.normalise(t) for t in out["prompts"] if t}
+    out["prompts"] = {normalise(t) for t in out["prompts"] if t}
     if not any(out.values()):
         raise UserError(f"--exclude-train {p}: found no ids, templates or prompts to exclude")
     return out
 
 
 def _excluded(item: dict, ex: dict[str, set]) -> bool:
-    from .data import normalise
-
     return (item["record_id"] in ex["ids"] or item["base_id"] in ex["ids"] or item["base_id"] in ex["base_ids"]
             or (item["template"] is not None and item["template"] in ex["templates"])
             or normalise(item["prompt"]) in ex["prompts"]
@@ -308,8 +312,6 @@ class JudgePanel:
 
     @classmethod
     def build(cls, specs: list[str], generator_for=None) -> JudgePanel:
-        from .judges import RefusalKeywordJudge, check_spec, get_judge
-
         for s in specs:
             check_spec(s)
         judges = [get_judge(s) for s in specs]
@@ -322,8 +324,6 @@ class JudgePanel:
 
     @staticmethod
     def applies(judge, item: dict) -> bool:
-        from .judges import MTBenchJudge, RefusalKeywordJudge
-
         if isinstance(judge, MTBenchJudge):
             return item["scoring"] == "mtbench"
         if item["scoring"] == "mtbench":
@@ -358,8 +358,6 @@ def _outcome(row: dict, refusal_name: str, harm_name: str | None) -> dict:
 
 def _prop(rows: list[dict], test) -> dict:
     """Proportion over rows where `test(row)` is not None (None = unjudged, counted separately)."""
-    from .stats import proportion
-
     vals = [test(r) for r in rows]
     known = [x for x in vals if x is not None]
     stat = proportion(sum(bool(x) for x in known), len(known))
@@ -407,8 +405,6 @@ def _metric_tests(refusal: str, harm: str | None):
 
 def suite_metrics(rows: list[dict], refusal: str, harm: str | None, score_judges: list[str], seed: int = 0) -> dict:
     """Metrics of one suite: overall, per category and per attack / attack family."""
-    from .stats import mean_stat
-
     tests = _metric_tests(refusal, harm)
 
     def block(subset: list[dict]) -> dict:
@@ -443,8 +439,6 @@ def suite_metrics(rows: list[dict], refusal: str, harm: str | None, score_judges
 
 
 def compute_metrics(cfg: EvalConfig, rows: list[dict], panel: JudgePanel, extra: dict) -> dict:
-    from .judges import validation_figures
-
     score_judges = [j.name for j in panel.judges if j.name.split("@")[0] in ("strongreject", "mtbench")]
     harm = panel.harm.name if panel.harm else None
     suites = {}
@@ -484,35 +478,27 @@ def compute_metrics(cfg: EvalConfig, rows: list[dict], panel: JudgePanel, extra:
 def effective_max_new_tokens(cfg: EvalConfig) -> int:
     if cfg.max_new_tokens is not None:
         return cfg.max_new_tokens
-    return 32 if list(cfg.suites) == ["smoke"] and not cfg.prompts else 512
+    return 32 if cfg.effective_suites() == ["smoke"] and not cfg.prompts else 512
 
 
 def _read_done(path: Path) -> list[dict]:
     """Rows already written; a half-written last line (killed mid-write) is dropped and the file rewritten."""
-    from . import data
-
     if not path.is_file():
         return []
-    rows = data.read_jsonl(path)
+    rows = read_jsonl(path)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if text != path.read_text(encoding="utf-8"):
         write_text_atomic(path, text)
     return rows
 
 
-# Settings that change outputs: resuming into a folder made with other values would mix two evaluations.
-_RESUME_KEYS = ("model", "adapter", "max_new_tokens", "temperature", "top_p", "seed", "reasoning_open",
-                "reasoning_close")
-
-
 def _check_resume(out: Path, cfg: EvalConfig) -> None:
-    import yaml
-
+    """Resuming into a folder made with other output-changing settings would mix two evaluations."""
     old_path = out / "config.yaml"
     if not old_path.is_file():
         return
     old = yaml.safe_load(old_path.read_text()) or {}
-    for k in _RESUME_KEYS:
+    for k in resume_keys(EvalConfig):
         if k in old and old[k] != getattr(cfg, k):
             raise UserError(f"{out}: holds an eval with {k}={old[k]!r}, not {getattr(cfg, k)!r}; use another --out "
                             f"or delete that folder")
@@ -520,19 +506,16 @@ def _check_resume(out: Path, cfg: EvalConfig) -> None:
 
 def select_items(cfg: EvalConfig) -> tuple[list[dict], dict]:
     """All items of the configured suites after training exclusion and --limit, plus per-suite info."""
-    from .judges import split_spec
-
-    unknown = [s for s in cfg.suites if s not in SUITES]
+    suites = cfg.effective_suites()
+    unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise UserError(f"unknown suite '{unknown[0]}'; use one of: {', '.join(SUITES)} (or --prompts FILE)")
-    if not cfg.suites and not cfg.prompts:
-        raise UserError("nothing to evaluate: pass --suite NAME and/or --prompts FILE")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise UserError(f"--limit must be >= 1, got {cfg.limit}")
+    if not suites and not cfg.prompts:
+        raise UserError("nothing to evaluate: pass --suites NAME and/or --prompts FILE")
     mtbench = any(split_spec(j)[0] == "mtbench" for j in cfg.judge)
     exclusions = load_training_exclusions(cfg.exclude_train) if cfg.exclude_train else None
     items, info = [], {"suites": {}, "excluded": {"source": cfg.exclude_train, "total": 0, "by_suite": {}}}
-    plan = [(s, None) for s in dict.fromkeys(cfg.suites)] + ([("custom", cfg.prompts)] if cfg.prompts else [])
+    plan = [(s, None) for s in dict.fromkeys(suites)] + ([("custom", cfg.prompts)] if cfg.prompts else [])
     for suite, path in plan:
         if path:
             suite_items, suite_info = load_prompts_file(path), {"file": str(path)}
@@ -544,7 +527,7 @@ def select_items(cfg: EvalConfig) -> tuple[list[dict], dict]:
             n_excluded = len(suite_items) - len(kept)
             suite_items = kept
         key = "attack" if suite == "jailbreak" else "source"
-        suite_items = _sample(suite_items, cfg.limit, cfg.seed, key)
+        suite_items = seeded_sample(suite_items, cfg.limit, cfg.seed, key)
         info["suites"][suite] = {**suite_info, "excluded_train": n_excluded, "limit": cfg.limit}
         info["excluded"]["by_suite"][suite] = n_excluded
         info["excluded"]["total"] += n_excluded
@@ -554,10 +537,6 @@ def select_items(cfg: EvalConfig) -> tuple[list[dict], dict]:
 
 def run_eval(cfg: EvalConfig, generator=None, progress: bool = True) -> Path:
     """Generate, judge and score; returns the output folder. Resumes from OUT/generations.jsonl."""
-    from .config import save_config
-    from .generation import SamplingParams, load_generator
-    from .reasoning import ReasoningFormat, extract_decision, parse_output
-
     try:
         fmt = ReasoningFormat(cfg.reasoning_open, cfg.reasoning_close)
     except ValueError as e:
@@ -618,147 +597,12 @@ def _fill_missing_verdicts(rows: list[dict], panel: JudgePanel) -> None:
                 rows[i]["verdicts"][judge.name] = v.to_dict()
 
 
-# ------------------------------------------------------------------------------------------ judge-check
-
-
-def read_validation_csv(path: str | Path) -> list[dict]:
-    """Human-labelled (objective, assistant_response, human_score 1 = refusal) rows; leading '#' lines skipped."""
-    import csv
-    import io
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: validation file not found")
-    lines = p.read_text(encoding="utf-8").splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
-    reader = csv.DictReader(io.StringIO("".join(lines[start:])))
-    need = ("objective", "assistant_response", "human_score")
-    missing = [c for c in need if c not in (reader.fieldnames or [])]
-    if missing:
-        raise UserError(f"{p}: missing column '{missing[0]}'; a validation CSV needs {', '.join(need)}")
-    rows = []
-    for i, r in enumerate(reader, 1):
-        if str(r["human_score"]).strip() not in ("0", "1"):
-            raise UserError(f"{p}: row {i} has human_score {r['human_score']!r}; use 1 (refusal) or 0")
-        rows.append({"objective": r["objective"], "response": r["assistant_response"],
-                     "refusal": r["human_score"].strip() == "1", "file": p.name})
-    if not rows:
-        raise UserError(f"{p}: no rows")
-    return rows
-
-
-def judge_check(judge_spec: str, files: list[str] | None = None, judge=None) -> dict:
-    """Agreement of a judge's refusal label with human labels: accuracy, precision, recall, Cohen's kappa."""
-    from . import data
-    from .judges import get_judge
-    from .stats import binary_agreement
-
-    if not files:
-        root = data.data_root()
-        if root is None:
-            raise UserError("no validation files: pass --file CSV (columns objective, assistant_response, "
-                            "human_score) or set RATIONAL_DATA to the shared data folder")
-        files = [str(root / "refusal_judge_validation" / n) for n in ("refusal.csv", "refusal_extra.csv")]
-    judge = judge or get_judge(judge_spec)
-    if not getattr(judge, "gives_refusal", False):
-        raise UserError(f"judge '{judge_spec}' gives no refusal label; judge-check needs a refusal judge "
-                        f"(refusal-keywords, xstest@M, jbb-refusal@M, strongreject@M, wildguard)")
-    rows = [r for f in files for r in read_validation_csv(f)]
-    verdicts = judge.judge_batch([(r["objective"], r["response"]) for r in rows])
-    pairs = [(v.refused, r["refusal"]) for v, r in zip(verdicts, rows) if v.refused is not None]
-    result = binary_agreement([p for p, _ in pairs], [g for _, g in pairs])
-    result.update({"judge": judge.name, "files": [Path(f).name for f in files], "unparsed": len(rows) - len(pairs),
-                   "positive": "refusal", "measured": datetime.now(timezone.utc).date().isoformat()})
-    return result
-
-
-def _fmt_prop(s: dict) -> str:
-    if s["rate"] is None:
-        return "n/a (n=0)"
-    return f"{s['rate']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}] ({s['k']}/{s['n']})"
-
-
-def judge_check_command(
-    judge: Annotated[str, typer.Option(help="Judge spec, e.g. refusal-keywords or xstest@openai:gpt-4o-mini.")]
-    = "refusal-keywords",
-    file: Annotated[list[str] | None, typer.Option(help="Validation CSV (objective, assistant_response, "
-                                                        "human_score); repeatable. Default: the PyRIT sets.")] = None,
-    out: Annotated[str | None, typer.Option(help="Also write the figures to this JSON file.")] = None,
-    save: Annotated[bool, typer.Option("--save/--no-save", help="Store the figures so reports show them.")] = True,
-) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from .judges import split_spec
-    from .models import cache_dir
-
-    result = judge_check(judge, file)
-    table = Table(title=f"{result['judge']} vs human refusal labels ({', '.join(result['files'])})")
-    table.add_column("metric")
-    table.add_column("value [95% Wilson]")
-    table.add_row("n", f"{result['n']} (+{result['unparsed']} unparsed)" if result["unparsed"] else str(result["n"]))
-    for name in ("accuracy", "precision", "recall"):
-        table.add_row(name, _fmt_prop(result[name]))
-    table.add_row("Cohen's kappa", "n/a" if result["kappa"] is None else f"{result['kappa']:.3f}")
-    c = result["confusion"]
-    table.add_row("confusion", f"tp={c['tp']} fp={c['fp']} fn={c['fn']} tn={c['tn']} (positive = refusal)")
-    Console().print(table)
-    if out:
-        write_json(out, result)
-    if save and not file:  # only figures on the reference sets are stored as "the" validation of a judge
-        key = re.sub(r"[^A-Za-z0-9._@-]+", "_", result["judge"] if "@" in judge else split_spec(judge)[0])
-        write_json(cache_dir() / "judge_check" / f"{key}.json", result)
-
-
 # ------------------------------------------------------------------------------------------ eval command
 
 
-def eval_command(
-    model: Annotated[str | None, typer.Option(help="Model spec: registry name, local folder, .gguf or hub id.")]
-    = None,
-    adapter: Annotated[str | None, typer.Option(help="PEFT adapter folder from `rational train`.")] = None,
-    name: Annotated[str | None, typer.Option(help="Label of this model in reports (default: adapter or model).")]
-    = None,
-    suite: Annotated[list[str] | None, typer.Option(help=f"Suite(s): {', '.join(SUITES)}. Repeatable.")] = None,
-    prompts: Annotated[str | None, typer.Option(help="Custom suite: JSONL with id, prompt, kind, category, attack"
-                                                     "[, answer].")] = None,
-    judge: Annotated[list[str] | None, typer.Option(help="Judge spec(s), repeatable: refusal-keywords, "
-                                                         "strongreject@MODEL, xstest@openai:gpt-4o-mini, wildguard, "
-                                                         "...")] = None,
-    limit: Annotated[int | None, typer.Option(help="Max prompts per suite (seeded sample).")] = None,
-    out: Annotated[str | None, typer.Option(help="Output folder (resumes if it exists).")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Token limit per answer (default 512; 32 for "
-                                                            "--suite smoke alone).")] = None,
-    temperature: Annotated[float | None, typer.Option(help="0 = greedy (default).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Generation batch size.")] = None,
-    backend: Annotated[str | None, typer.Option(help="hf | vllm | openai")] = None,
-    base_url: Annotated[str | None, typer.Option(help="Endpoint for --backend openai.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto | float32 | bfloat16 | float16")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for sampling and suite samples.")] = None,
-    exclude_train: Annotated[str | None, typer.Option(help="sft.jsonl / prompts.jsonl / stats.json of a training "
-                                                           "run: its prompts, bases and templates are left out.")]
-    = None,
-    attack_model: Annotated[str | None, typer.Option(help="Model that writes persuasion / past-tense attacks "
-                                                          "for the jailbreak suite.")] = None,
-    config: Annotated[str | None, typer.Option(help="YAML recipe (its `eval:` section).")] = None,
-) -> None:
-    from .config import resolve_config
-
-    overrides = {"model": model, "adapter": adapter, "name": name, "suites": suite or None, "prompts": prompts,
-                 "judge": judge or None, "limit": limit, "out": out, "max_new_tokens": max_new_tokens,
-                 "temperature": temperature, "batch_size": batch_size, "backend": backend, "base_url": base_url,
-                 "dtype": dtype, "seed": seed, "exclude_train": exclude_train, "attack_model": attack_model}
-    cfg = resolve_config(EvalConfig, config, "eval", overrides)
-    if prompts and not suite and (not config or "suites" not in _recipe_eval_keys(config)):
-        cfg.suites = []  # `--prompts FILE` alone evaluates just that file
+def eval_command(cfg: EvalConfig) -> None:
     path = run_eval(cfg)
     print_summary(path / "metrics.json")
-
-
-def _recipe_eval_keys(config: str) -> set:
-    from .config import recipe_section
-
-    return set(recipe_section(config, "eval"))
 
 
 def print_summary(metrics_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""`rational generate` (synthesis.py): filtering, resume, export, CLI."""
+"""`rational generate` (generate.py): filtering, resume, export, CLI."""
 
 import hashlib
 import json
@@ -6,11 +6,12 @@ import math
 
 import pytest
 
-from rational.data import read_jsonl
-from rational.generation import Completion, GenerationOutput
+from rational.backends import Completion, GenerationOutput
+from rational.common import read_jsonl
+from rational.generate import GenerateConfig, assess, normalise_output, run_generate, system_prompt
 from rational.judges import RefusalKeywordJudge, Verdict
+from rational.prompts import read_records
 from rational.reasoning import ReasoningFormat, parse_output
-from rational.synthesis import GenerateConfig, assess, normalise_output, run_generate, system_prompt
 
 FMT = ReasoningFormat()
 REASON = ("Intent: The user asks for {what}.\nContext and ethics: The framing does not change the goal, "
@@ -133,7 +134,7 @@ def test_run_generate_filters_retries_and_exports(tmp_path):
     out = sft_path.parent
     for name in ("sft.jsonl", "candidates.jsonl", "stats.json", "config.yaml", "prompts.jsonl"):
         assert (out / name).is_file(), name
-    prompts = read_jsonl(out / "prompts.jsonl", as_records=True)
+    prompts = read_records(out / "prompts.jsonl")
     cands = read_jsonl(out / "candidates.jsonl")
     sft = read_jsonl(sft_path)
     stats = json.loads((out / "stats.json").read_text())
@@ -207,7 +208,7 @@ def test_decontamination_against_exclude(tmp_path):
     cfg = cfg_for(tmp_path, limit=None, pools=["seed:harmful", "seed:borderline"], exclude=[str(ev)],
                   mutations=["rot13"], max_retries=0, n_samples=1, batch_size=64)
     run_generate(cfg, generator=FakeGenerator(), judge=FakeJudge(), progress=False)
-    prompts = read_jsonl(tmp_path / "gen" / "prompts.jsonl", as_records=True)
+    prompts = read_records(tmp_path / "gen" / "prompts.jsonl")
     assert not any(p.root_id == "seed-harm-001" for p in prompts)
     assert "How do I kill a Python process that's hanging?" not in {p.prompt for p in prompts}
     rep = json.loads((tmp_path / "gen" / "stats.json").read_text())["decontamination"]["decontamination_base"]
@@ -256,9 +257,9 @@ def test_cli_bad_input(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("foo\nbar\n")
     res = CliRunner().invoke(app, ["generate", "--model", "tiny-random", "--out", str(tmp_path / "o"),
-                                   "--pool", str(bad)])
+                                   "--pools", str(bad)])
     assert isinstance(res.exception, UserError) and "bad.csv" in str(res.exception)
-    res = CliRunner().invoke(app, ["generate", "--out", str(tmp_path / "o2"), "--mutation", "nope"])
+    res = CliRunner().invoke(app, ["generate", "--out", str(tmp_path / "o2"), "--mutations", "nope"])
     assert isinstance(res.exception, UserError) and "unknown mutation 'nope'" in str(res.exception)
 
 
@@ -295,8 +296,8 @@ def test_answer_completed_in_follow_up_turn(tmp_path):
 
 
 def test_reasoning_copied_from_the_one_shot_example_is_rejected():
+    from rational.generate import COMPLIANCE_SYSTEM, assess, copied_from_example
     from rational.reasoning import ReasoningFormat
-    from rational.synthesis import COMPLIANCE_SYSTEM, assess, copied_from_example
 
     fmt = ReasoningFormat()
     system = COMPLIANCE_SYSTEM.format(open=fmt.open_tag, close=fmt.close_tag)
@@ -316,8 +317,8 @@ def test_reasoning_copied_from_the_one_shot_example_is_rejected():
 
 
 def test_answers_echoing_the_self_check_prompt_are_rejected():
+    from rational.generate import COMPLIANCE_SYSTEM, REJECTION_SYSTEM, answer_echo, assess
     from rational.reasoning import ReasoningFormat
-    from rational.synthesis import COMPLIANCE_SYSTEM, REJECTION_SYSTEM, answer_echo, assess
 
     fmt = ReasoningFormat()
     rej = REJECTION_SYSTEM.format(open=fmt.open_tag, close=fmt.close_tag)

@@ -1,0 +1,145 @@
+"""Small helpers shared by several stages: atomic files, JSONL, seeded samplers, library versions.
+
+Nothing here imports a heavy library at module level, so every stage (and `rational --help`) can use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import UserError
+
+T = TypeVar("T")
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a whole file atomically (temp file + rename): readers never see half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write one JSON document atomically (stats.json, metrics.json, train_metrics.json, ...)."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl(path: str | Path, records: Iterable[Any]) -> Path:
+    """Write records (objects with `to_dict`, or dicts) atomically: temp file + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            d = r.to_dict() if hasattr(r, "to_dict") else r
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSONL file as dicts. A bad line is a UserError naming file and line.
+
+    A truncated LAST line (a run killed mid-write) is skipped, so append-only logs stay readable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines):  # interrupted while writing the last line
+                break
+            raise UserError(f"{path}:{i}: not valid JSON; fix or remove that line") from None
+        if not isinstance(d, dict):
+            raise UserError(f"{path}:{i}: each line must be a JSON object")
+        out.append(d)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- sampling
+
+
+def hash_take(items: Sequence[T], n: int, seed: int, key: Callable[[T], str] = lambda r: r.id) -> list[T]:
+    """A deterministic sample of `n` items: ranked by a seeded hash of their key, independent of input order."""
+    ranked = sorted(items, key=lambda r: hashlib.sha256(f"{seed}:{key(r)}".encode()).hexdigest())
+    return ranked[: max(0, n)]
+
+
+def round_robin(groups: dict[str, list[T]], limit: int | None) -> list[T]:
+    """Up to `limit` items taken in turn from each group (groups in the given order), so every group is seen."""
+    flat = [x for g in groups.values() for x in g]
+    if limit is None or limit >= len(flat):
+        return flat
+    out, i = [], 0
+    while len(out) < limit:
+        for g in groups.values():
+            if i < len(g) and len(out) < limit:
+                out.append(g[i])
+        i += 1
+    return out
+
+
+def balanced_take(records: Sequence[T], limit: int | None, key: Callable[[T], str] = lambda r: r.kind) -> list[T]:
+    """The first `limit` records, taken round-robin across `key` (default: kind) in order of first appearance."""
+    if limit is None or limit >= len(records):
+        return list(records)
+    groups: dict[str, list[T]] = {}
+    for r in records:
+        groups.setdefault(key(r), []).append(r)
+    return round_robin(groups, limit)
+
+
+def seeded_sample(items: Sequence[dict], limit: int | None, seed: int, key: str = "source") -> list[dict]:
+    """A seeded sample of at most `limit` items, shuffled within each `key` group and taken round-robin over the
+    groups in sorted order, so a small limit still covers every group."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    rng = random.Random(seed)
+    groups: dict[str, list[dict]] = {}
+    for it in items:
+        groups.setdefault(str(it.get(key)), []).append(it)
+    for g in groups.values():
+        rng.shuffle(g)
+    return round_robin({k: groups[k] for k in sorted(groups)}, limit)
+
+
+# ------------------------------------------------------------------------------------------ provenance
+
+
+def library_versions() -> dict[str, str]:
+    """Python, platform and the versions of the libraries a result depends on (recorded next to every run)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor()}
+    for pkg in ("rational", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def quiet_transformers() -> None:
+    """Silence per-load progress bars ("Loading weights", "Writing model shards"); ours show progress instead."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

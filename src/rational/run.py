@@ -1,0 +1,289 @@
+"""`rational run`: the whole Rational pipeline and the paper's comparison, resumable.
+
+    data  ->  generate  ->  train-rational, train-refusal-sft  ->  eval-base, eval-refusal-sft, eval-rational  ->  report
+
+1. data (`data.run_data`): the train pool and the evaluation set, disjoint by base prompt, by jailbreak template,
+   and with whole attack families held out of training; near-duplicates of eval prompts removed from training.
+2. generate (`generate.run_generate`): the model writes its own rationales with the two self-check prompts.
+3. train (`train.run_train`): LoRA SFT on the rationales (Rational) and on the same prompts with the reasoning
+   stripped (`refusal-sft`, the rigid-refusal baseline), both from the same accepted pool.
+4. eval (`eval.run_eval`): base, refusal-sft and Rational on the same held-out prompts.
+5. report (`report.build_report`): report.html / report.md, and the headline table in the terminal.
+
+Each stage is configured by its own recipe section (`data:`, `generate:`, `train:`, `eval:`) and the shared
+top-level keys; `run:` holds only what the run itself decides (model, seed, baselines, ...). Every stage writes to
+`runs/NAME/<stage>/` and marks itself done with `.done.json`; running the same command again skips finished
+stages and resumes unfinished ones (the stages resume themselves).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from . import report
+from .backends import load_generator
+from .common import library_versions, write_json
+from .config import Recipe, setting
+from .data import DataConfig, run_data
+from .errors import UserError
+from .eval import EvalConfig, run_eval
+from .generate import GenerateConfig, run_generate
+from .models import DEFAULT_MODEL
+from .train import TrainConfig, run_train
+
+PRESETS = {
+    "demo": "demo-cpu.yaml",
+    "smoke": "smoke.yaml",
+    "paper-llama3-8b": "paper-llama3-8b.yaml",
+    "paper-mistral-7b": "paper-mistral-7b.yaml",
+}
+STAGES = ("data", "generate", "train-rational", "train-refusal-sft", "eval-base", "eval-refusal-sft",
+          "eval-rational", "report")
+BASELINES = ("refusal-sft",)
+
+
+def recipes_dir() -> Path:
+    """`recipes/` of the source checkout (installed with `pip install -e .`), else the packaged copy."""
+    here = Path(__file__).resolve()
+    for cand in (here.parents[2] / "recipes", here.parent / "recipes"):
+        if cand.is_dir():
+            return cand
+    raise UserError("cannot find the recipes folder; pass --config PATH to a recipe file")
+
+
+def preset_paths() -> dict[str, Path]:
+    """Preset name -> recipe file (looked up only when a run starts, so `--help` needs no recipes folder)."""
+    return {name: recipes_dir() / file for name, file in PRESETS.items()}
+
+
+@dataclass
+class RunConfig:
+    """`rational run`: what the run decides; each stage reads its own recipe section (data:, generate:, ...)."""
+
+    model: str = setting(DEFAULT_MODEL, "Model spec for every stage (the model writes its own rationales).")
+    out: str | None = setting(None, "Run folder (default runs/<preset or recipe name>).")
+    seed: int = setting(0, "Seed for splits, sampling and training.")
+    backend: str = setting("hf", "Inference backend for data rewrites and evaluation: hf | vllm.")
+    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16.")
+    baselines: list[str] = setting(default_factory=lambda: ["refusal-sft"], help="Baselines trained and evaluated "
+                                   f"beside Rational: {', '.join(BASELINES)}; repeatable.")
+    stage_estimates: dict = setting(default_factory=dict, help="Stage -> expected seconds, for the progress "
+                                    "display's time-left estimate (YAML mapping).")
+
+    def __post_init__(self):
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise UserError(f"unknown baseline '{unknown[0]}' in run.baselines; available: {', '.join(BASELINES)}")
+
+
+# ------------------------------------------------------------------------------------------ runner
+
+
+def _done_file(stage_dir: Path) -> Path:
+    return stage_dir / ".done.json"
+
+
+def is_done(stage_dir: Path) -> bool:
+    return _done_file(stage_dir).is_file()
+
+
+def mark_done(stage_dir: Path, info: dict) -> None:
+    write_json(_done_file(stage_dir), info)
+
+
+
+class Runner:
+    """Runs stages in order, skipping finished ones, with an overall ETA line between stages."""
+
+    def __init__(self, run_dir: Path, stages: list[str], estimates: dict[str, float]):
+        from rich.console import Console  # rich is imported by the command that needs it, not by `--help`
+
+        self.run_dir = run_dir
+        self.stages = stages
+        self.estimates = {s: float(estimates.get(s, 60)) for s in stages}
+        self.console = Console(stderr=True)
+        self.start = time.perf_counter()
+        self.spent_estimate = 0.0  # estimated seconds of the stages run so far (for the speed ratio)
+        self.timings: dict[str, float] = {}
+
+    def eta(self, remaining: list[str]) -> float:
+        elapsed = time.perf_counter() - self.start
+        ratio = elapsed / self.spent_estimate if self.spent_estimate > 30 else 1.0
+        return ratio * sum(self.estimates[s] for s in remaining)
+
+    def run(self, stage: str, fn: Callable[[Path], dict | None]) -> None:
+        stage_dir = self.run_dir / stage
+        i = self.stages.index(stage)
+        if is_done(stage_dir):
+            self.console.print(f"[dim]stage {i + 1}/{len(self.stages)} {stage}: done earlier, skipped[/dim]")
+            return
+        left = self.eta(self.stages[i:])
+        self.console.rule(f"stage {i + 1}/{len(self.stages)}: {stage}  ·  elapsed {_fmt(time.perf_counter() - self.start)}"
+                          f"  ·  est. left ~{_fmt(left)}")
+        t0 = time.perf_counter()
+        try:
+            info = fn(stage_dir) or {}
+        except UserError as e:
+            raise UserError(f"stage {stage}: {e}") from None
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise UserError(f"stage {stage}: disk full under {self.run_dir}; free space and run the same "
+                                "command again to resume") from None
+            raise self._fail(stage, stage_dir, e) from None
+        except Exception as e:  # noqa: BLE001 - report any stage failure as one line + a log file
+            raise self._fail(stage, stage_dir, e) from None
+        dt = time.perf_counter() - t0
+        self.timings[stage] = dt
+        self.spent_estimate += self.estimates[stage]
+        mark_done(stage_dir, {"stage": stage, "seconds": round(dt, 1), **info})
+
+    def _fail(self, stage: str, stage_dir: Path, e: Exception) -> UserError:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        log = stage_dir / "error.log"
+        log.write_text(traceback.format_exc())
+        return UserError(f"stage {stage} failed ({type(e).__name__}: {str(e)[:200]}); traceback in {log}; "
+                         "fix the cause and run the same command again to resume")
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def move_legacy_keys(recipe: Recipe) -> None:
+    """Recipes written before the `data:` section kept the split sizes under `run:`; they still work."""
+    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    recipe.move_keys("run", "data", {f.name for f in dataclasses.fields(DataConfig)} - run_fields)
+
+
+def run_pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stages = [s for s in STAGES if "refusal-sft" in cfg.baselines or not s.endswith("refusal-sft")]
+    runner = Runner(run_dir, stages, cfg.stage_estimates)
+    shared = {"model": cfg.model, "seed": cfg.seed}
+    gcfg_defaults = recipe.build(GenerateConfig, "generate", shared)
+    data_cfg = recipe.build(DataConfig, "data", {**shared, "out": str(run_dir / "data"), "backend": cfg.backend,
+                                                 "dtype": cfg.dtype, "batch_size": gcfg_defaults.batch_size})
+    (run_dir / "run_config.yaml").write_text(yaml.safe_dump(
+        json.loads(json.dumps({"run": dataclasses.asdict(cfg), "data": dataclasses.asdict(data_cfg)}, default=str)),
+        sort_keys=False))
+    meta_file = run_dir / "run.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"starts": []}
+    meta.update({"recipe": str(recipe.path) if recipe.path else None, "versions": library_versions(),
+                 "seed": cfg.seed, "model": cfg.model, "command": sys.argv})
+    meta["starts"].append(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    meta_file.write_text(json.dumps(meta, indent=2))
+
+    generator = None
+
+    def base_generator():
+        nonlocal generator
+        if generator is None:
+            generator = load_generator(cfg.backend, cfg.model, dtype=cfg.dtype, batch_size=gcfg_defaults.batch_size,
+                                       seed=cfg.seed)
+        return generator
+
+    data_dir = run_dir / "data"
+    runner.run("data", lambda d: {"split": run_data(data_cfg, base_generator)["train"]})
+
+    gen_dir = run_dir / "generate"
+
+    def do_generate(d: Path):
+        gcfg = recipe.build(GenerateConfig, "generate", {
+            **shared, "out": str(d), "pools": [str(data_dir / "train_prompts.jsonl")], "mutations": [],
+            "exclude": [str(data_dir / "eval_prompts.jsonl")]})
+        # The generate section may name its own backend (e.g. vllm on GPUs, or `scripted` for smoke runs).
+        same = gcfg.backend == cfg.backend and gcfg.dtype == cfg.dtype
+        run_generate(gcfg, generator=base_generator() if same else None)
+        stats = json.loads((d / "stats.json").read_text())
+        if not stats.get("sft_records"):
+            raise UserError("no rationale was accepted, so there is nothing to train on; see "
+                            f"{d / 'candidates.jsonl'} for the rejection reasons")
+        return {"sft_records": stats["sft_records"], "prompts_accepted": stats.get("prompts_accepted")}
+
+    runner.run("generate", do_generate)
+
+    def do_train(baseline: str | None):
+        def fn(d: Path):
+            tcfg = recipe.build(TrainConfig, "train", {
+                **shared, "data": str(gen_dir / "sft.jsonl"), "out": str(d), "baseline": baseline,
+                "dtype": cfg.dtype, "resume": (d / "checkpoints").is_dir() or None})
+            run_train(tcfg)
+            return {}
+        return fn
+
+    runner.run("train-rational", do_train(None))
+    if "refusal-sft" in cfg.baselines:
+        runner.run("train-refusal-sft", do_train("refusal-sft"))
+
+    eval_dirs = []
+
+    def do_eval(name: str, adapter: Path | None):
+        def fn(d: Path):
+            ecfg = recipe.build(EvalConfig, "eval", {
+                **shared, "adapter": str(adapter) if adapter else None, "out": str(d),
+                "prompts": str(data_dir / "eval_prompts.jsonl"), "suites": [], "name": name,
+                "backend": cfg.backend, "dtype": cfg.dtype, "exclude_train": str(gen_dir / "sft.jsonl")})
+            run_eval(ecfg, generator=base_generator() if adapter is None else None)
+            return {}
+        return fn
+
+    runner.run("eval-base", do_eval("base", None))
+    eval_dirs.append(run_dir / "eval-base")
+    if "refusal-sft" in cfg.baselines:
+        runner.run("eval-refusal-sft", do_eval("refusal-sft", run_dir / "train-refusal-sft" / "adapter"))
+        eval_dirs.append(run_dir / "eval-refusal-sft")
+    runner.run("eval-rational", do_eval("rational", run_dir / "train-rational" / "adapter"))
+    eval_dirs.append(run_dir / "eval-rational")
+
+    runner.run("report", lambda d: {"html": str(report.build_report(eval_dirs, d / "report.html"))})
+    timings = {s: json.loads((run_dir / s / ".done.json").read_text()).get("seconds") for s in stages
+               if is_done(run_dir / s)}
+    meta["stage_seconds"] = timings
+    meta_file.write_text(json.dumps(meta, indent=2))
+    _print_headline(eval_dirs, run_dir, timings)
+    return run_dir
+
+
+def _print_headline(eval_dirs: list[Path], run_dir: Path, timings: dict) -> None:
+    """The headline numbers, one column per model: rate [95% interval] (k/n), with the judge named."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = report.headline_rows(eval_dirs)
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    keys = list(dict.fromkeys((r["suite"], r["metric"], r["judge"], r["lower_is_better"]) for r in rows))
+    cell = {(r["name"], r["suite"], r["metric"]): r for r in rows}
+    table = Table(title=f"Rational vs baselines — {run_dir}")
+    table.add_column("suite", overflow="fold")
+    table.add_column("metric (better)", overflow="fold")
+    for n in names:
+        table.add_column(n, overflow="fold")
+    table.add_column("judge")
+    for suite, metric, judge, lower in keys:
+        vals = []
+        for n in names:
+            r = cell.get((n, suite, metric))
+            vals.append("-" if r is None or r["rate"] is None else
+                        f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] ({r['k']}/{r['n']})")
+        table.add_row(suite, f"{metric} ({'lower' if lower else 'higher'})", *vals, str(judge))
+    console = Console()
+    console.print(table)
+    console.print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    console.print(f"report: {run_dir / 'report' / 'report.html'}")
+
+
+def run_command(cfg: RunConfig, recipe: Recipe) -> None:
+    name = recipe.preset or (recipe.path.stem if recipe.path else "run")
+    run_dir = Path(cfg.out or f"runs/{name}")
+    run_pipeline(dataclasses.replace(cfg, out=str(run_dir)), recipe, run_dir)
