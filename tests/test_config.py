@@ -100,7 +100,7 @@ def test_old_flag_spellings_work_with_a_deprecation_line(tmp_path):
 def test_resume_keys_come_from_field_metadata():
     keys = set(resume_keys(GenerateConfig))
     # Everything that changes the generated data must match on resume; only where it goes and how it runs may not.
-    assert {f.name for f in dataclasses.fields(GenerateConfig)} - keys == {"out", "backend", "dtype"}
+    assert {f.name for f in dataclasses.fields(GenerateConfig)} - keys == {"out", "backend", "dtype", "overwrite"}
     assert {"model", "learning_rate", "lora_alpha", "data"} <= set(resume_keys(TrainConfig))
 
 

@@ -47,10 +47,13 @@ def test_record_roundtrip_and_jsonl(tmp_path):
     p = write_jsonl(tmp_path / "a.jsonl", [r, {"id": "x-2", "prompt": "yo", "kind": "benign"}])
     back = read_records(p)
     assert [b.id for b in back] == ["x-1", "x-2"] and back[0].meta == {"a": 1}
-    # A truncated last line (killed mid-write) is skipped; a broken middle line is an error.
+    # A truncated last line (killed mid-write) is skipped only in the project's own append-only logs; in any other
+    # file it is an error, like a broken middle line.
     with p.open("a") as f:
         f.write('{"id": "x-3", "pro')
-    assert len(read_jsonl(p)) == 2
+    assert len(read_jsonl(p, partial_last_line_ok=True)) == 2
+    with pytest.raises(UserError, match=r"a.jsonl:3"):
+        read_jsonl(p)
     p.write_text('{"id": 1}\nnot json\n{"id": 2}\n')
     with pytest.raises(UserError, match=r"a.jsonl:2"):
         read_jsonl(p)

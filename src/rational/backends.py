@@ -149,6 +149,23 @@ class HFGenerator:
         ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
         return list(ids)
 
+    @property
+    def context_length(self) -> int | None:
+        """Positions the model was built for (prompt + new tokens), when its config says."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def prompt_tokens(self, chat: Chat) -> int:
+        return len(self.encode(chat))
+
+    def truncate_chat(self, chat: Chat, max_tokens: int) -> Chat:
+        """The chat with its last message cut from the left so the templated prompt has about `max_tokens` tokens
+        (re-tokenising the cut text can merge a token or two at the seam)."""
+        text = chat[-1]["content"]
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        overhead = self.prompt_tokens(chat) - len(ids)
+        keep = max(1, max_tokens - overhead)
+        return chat[:-1] + [{**chat[-1], "content": self.tokenizer.decode(ids[-keep:])}]
+
     def generate(self, chats: list[Chat], params: SamplingParams, progress: bool = True,
                  desc: str = "generating") -> list[GenerationOutput]:
         import torch

@@ -8,11 +8,13 @@ imported inside the stage functions, so `--help` is fast.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
 import click
 import typer
+from typer._click.exceptions import ClickException as TyperClickException
 
 from .chat import ChatConfig, chat_command
 from .config import stage_command
@@ -57,23 +59,53 @@ for _name, (_cls, _section, _fn, _help) in COMMANDS.items():
 app.command("models", help="List the model registry and what is cached.")(models_command)
 
 
+# OSError numbers that mean "something about the user's files or disk", not a bug: one line, exit 2.
+_USER_OS_ERRORS = {
+    errno.EACCES: "permission denied; choose a folder you can write to",
+    errno.EROFS: "read-only file system; choose a writable folder",
+    errno.ENOSPC: "disk full; free space and run the same command again to resume",
+    errno.EDQUOT: "disk quota exceeded; free space and run the same command again to resume",
+    errno.EEXIST: "already exists and is in the way; remove it or choose another path",
+    errno.ENOTDIR: "a path component is a file, not a folder; choose another path",
+    errno.EISDIR: "is a folder, not a file; choose another path",
+    errno.ENOENT: "no such file or folder",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every error the user can fix ends in one line on stderr and exit 2, Ctrl-C in exit 130."""
     # No surprise network calls: TRL/hub telemetry off unless the user opts in.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+        _fail(str(e), e.exit_code)
+    except (typer.Exit, click.exceptions.Exit) as e:
+        code = e.exit_code
+    except (TyperClickException, click.ClickException) as e:  # usage errors: bad flag, bad value, missing argument
+        command = argv[0] if argv else (sys.argv[1] if len(sys.argv) > 1 else "")
+        where = f"rational {command} --help" if command in COMMANDS else "rational --help"
+        _fail(f"{e.format_message().strip()} (see {where})", 2)
+    except (typer.Abort, click.exceptions.Abort, KeyboardInterrupt):
+        code = 130
+    except UnicodeError as e:
+        _fail(f"input is not valid UTF-8 text ({type(e).__name__}: {e.reason}); convert the file to UTF-8", 2)
+    except OSError as e:
+        if e.errno not in _USER_OS_ERRORS:
+            raise
+        what = e.filename or e.strerror
+        _fail(f"{what}: {_USER_OS_ERRORS[e.errno]}", 2)
+    # typer returns 130 instead of raising when the command was interrupted (KeyboardInterrupt -> Exit(130)).
+    if code == 130:
+        _fail("interrupted; run the same command again to resume", 130, prefix="")
+    if code:
+        sys.exit(code)
+
+
+def _fail(message: str, code: int, prefix: str = "error: ") -> None:
+    print(f"{prefix}{message}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

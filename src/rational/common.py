@@ -5,11 +5,14 @@ Nothing here imports a heavy library at module level, so every stage (and `ratio
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import random
+import shutil
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,8 +28,11 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failed write or rename (disk full, PATH is a folder): no debris
     return path
 
 
@@ -40,23 +46,29 @@ def write_jsonl(path: str | Path, records: Iterable[Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in records:
-            d = r.to_dict() if hasattr(r, "to_dict") else r
-            f.write(json.dumps(d, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in records:
+                d = r.to_dict() if hasattr(r, "to_dict") else r
+                f.write(json.dumps(d, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSONL file as dicts. A bad line is a UserError naming file and line.
+def read_jsonl(path: str | Path, partial_last_line_ok: bool = False) -> list[dict]:
+    """Read a JSONL file of objects. A bad line is a UserError naming file and line.
 
-    A truncated LAST line (a run killed mid-write) is skipped, so append-only logs stay readable.
+    partial_last_line_ok: for the project's own append-only logs (candidates.jsonl, generations.jsonl) a truncated
+    LAST line means a run was killed mid-write and is skipped; in any other file (a user's prompts, a dataset) it
+    is an error like any other bad line, never silently dropped.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    text = read_text(path)
+    lines = text.splitlines()
     out = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -64,13 +76,30 @@ def read_jsonl(path: str | Path) -> list[dict]:
         try:
             d = json.loads(line)
         except json.JSONDecodeError:
-            if i == len(lines):  # interrupted while writing the last line
+            if partial_last_line_ok and i == len(lines) and not text.endswith("\n"):  # killed while writing it
                 break
             raise UserError(f"{path}:{i}: not valid JSON; fix or remove that line") from None
         if not isinstance(d, dict):
             raise UserError(f"{path}:{i}: each line must be a JSON object")
+        check_text(d, f"{path}:{i}")
         out.append(d)
     return out
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file; anything else (binary, Latin-1) is a one-line error naming the file."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); convert it to UTF-8") from None
+
+
+def check_text(value: Any, where: str) -> None:
+    """Reject strings that cannot be written back as UTF-8 (lone surrogates such as "\\ud800" in JSON)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{where}: contains an invalid character (a lone UTF-16 surrogate); fix that text") from None
 
 
 # ------------------------------------------------------------------------------------------- sampling
@@ -143,3 +172,58 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+# ------------------------------------------------------------------------------------------ output folders
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_hashes(paths: Iterable[str | Path | None]) -> dict[str, str]:
+    """sha256 of each input file that exists (named pools and built-in suites are versioned with the package)."""
+    return {str(p): sha256_file(p) for p in paths if p and Path(p).is_file()}
+
+
+@contextmanager
+def output_lock(out: str | Path):
+    """Hold OUT/.lock exclusively while a stage writes into OUT; a second process is refused with one line.
+
+    flock, not a pid file: the kernel releases it when the holder dies, so a killed run never leaves a stale lock.
+    """
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        f = open(out / ".lock", "a+", encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{out}: cannot write there ({e.strerror}); choose another output folder") from None
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise UserError(f"{out}: another rational process (pid {holder}) is writing here; wait for it to "
+                            "finish or use another output folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield out
+    finally:
+        f.close()  # closing the file releases the lock
+
+
+def clear_outputs(out: str | Path, names: Iterable[str]) -> None:
+    """Remove a stage's outputs (files or folders) from OUT, e.g. before starting over with --overwrite."""
+    for name in names:
+        p = Path(out) / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)

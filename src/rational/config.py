@@ -35,12 +35,14 @@ import sys
 import types
 import typing
 from dataclasses import MISSING
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import typer
 import yaml
 
+from .common import library_versions, write_json
 from .errors import UserError
 
 # Top-level keys every stage may read from a recipe, besides its own section.
@@ -429,3 +431,55 @@ def stage_command(cls: type, section: str, run: Callable[..., Any], *,
     command.__signature__ = inspect.Signature(params + extra)  # typer reads the options from here
     command.__doc__ = cls.__doc__
     return command
+
+
+# ----------------------------------------------------------------------------------------- provenance
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    key: str  # the setting (or input file) that differs
+    text: str  # "model='a' (now 'b')"
+
+
+def resume_difference(out: str | Path, cfg: Any, inputs: dict[str, str] | None = None,
+                      added_later: dict[str, Any] | None = None) -> Difference | None:
+    """What differs between the settings that made OUT's outputs and `cfg`, or None (same, or no record yet).
+
+    Compares the `same_on_resume` fields with OUT/config.yaml and the input files' sha256 with
+    OUT/provenance.json. `added_later`: settings introduced after older folders were written, with the value
+    those folders behaved like.
+    """
+    out = Path(out)
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return None
+    try:
+        old = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return Difference("config.yaml", "an unreadable config.yaml")
+    new = json.loads(json.dumps(to_dict(cfg), default=str))
+    for k in resume_keys(type(cfg)):
+        before = old.get(k, (added_later or {}).get(k))
+        if before != new.get(k):
+            return Difference(k, f"{k}={before!r} (now {new.get(k)!r})")
+    prov = out / "provenance.json"
+    if inputs and prov.is_file():
+        try:
+            old_inputs = json.loads(prov.read_text(encoding="utf-8")).get("inputs") or {}
+        except (ValueError, UnicodeDecodeError):
+            return Difference("provenance.json", "an unreadable provenance.json")
+        for path, digest in inputs.items():
+            if path in old_inputs and old_inputs[path] != digest:
+                return Difference(path, f"another version of the input file {path} (its sha256 changed)")
+    return None
+
+
+def record_provenance(out: str | Path, cfg: Any, inputs: dict[str, str] | None = None,
+                      extra: dict[str, Any] | None = None) -> None:
+    """Write OUT/config.yaml (the resolved config, reloadable as a recipe section) and OUT/provenance.json (the
+    command, library versions, input files' sha256 and whatever else made the outputs)."""
+    save_config(cfg, Path(out) / "config.yaml")
+    write_json(Path(out) / "provenance.json", {
+        "command": sys.argv, "config": to_dict(cfg), "inputs": inputs or {}, **(extra or {}),
+        "versions": library_versions(), "written": datetime.now(timezone.utc).isoformat(timespec="seconds")})

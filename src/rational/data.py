@@ -33,40 +33,41 @@ from .prompts import RESOURCES, decontaminate, load_pool, load_pools, load_templ
 
 @dataclass
 class DataConfig:
-    """`rational data`: sizes are per side, before synthesis filters anything."""
+    """`rational data`: sizes are per side, before generate filters anything. Every setting but `out` shapes the
+    prompt sets, so a run never reuses data made with other values."""
 
     model: str = setting(DEFAULT_MODEL, "Model that writes the model-based rewrites (past tense, persuasion, "
-                         "styles); loaded only when such an attack is asked for.")
+                         "styles); loaded only when such an attack is asked for.", same_on_resume=True)
     out: str = setting("runs/data", "Output folder (train_prompts.jsonl, eval_prompts.jsonl, split.json).")
-    seed: int = setting(0, "Seed for the split, the samples and the mutations.")
-    backend: str = setting("hf", "Backend for model-based rewrites: hf | vllm | openai.")
-    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16.")
-    batch_size: int = setting(8, "Batch size of the model-based rewrites.")
+    seed: int = setting(0, "Seed for the split, the samples and the mutations.", same_on_resume=True)
+    backend: str = setting("hf", "Backend for model-based rewrites: hf | vllm | openai.", same_on_resume=True)
+    dtype: str = setting("auto", "auto | float32 | bfloat16 | float16.", same_on_resume=True)
+    batch_size: int = setting(8, "Batch size of the model-based rewrites.", same_on_resume=True)
     pools: list[str] = setting(default_factory=lambda: ["seed"], help="Base prompt pools (file or name); the "
-                               "train and eval sides are split from them; repeatable.")
-    eval_fraction: float = setting(0.3, "Share of base prompts held out for evaluation.")
-    train_harmful: int = setting(24, "Harmful base prompts on the train side (each also mutated).")
-    train_borderline: int = setting(16, "Borderline (benign but sensitive-looking) prompts on the train side.")
-    train_benign: int = setting(8, "Plainly benign prompts on the train side.")
+                               "train and eval sides are split from them; repeatable.", same_on_resume=True)
+    eval_fraction: float = setting(0.3, "Share of base prompts held out for evaluation.", same_on_resume=True)
+    train_harmful: int = setting(24, "Harmful base prompts on the train side (each also mutated).", same_on_resume=True)
+    train_borderline: int = setting(16, "Borderline (benign but sensitive-looking) prompts on the train side.", same_on_resume=True)
+    train_benign: int = setting(8, "Plainly benign prompts on the train side.", same_on_resume=True)
     train_attacks: list[str] = setting(default_factory=lambda: ["misspell", "prefix-injection", "template"],
-                                       help="Attack families used in training; repeatable.")
-    attacks_per_prompt: int = setting(1, "Mutations drawn per train harmful prompt.")
-    eval_harmful: int = setting(30, "Harmful base prompts on the eval side.")
-    eval_borderline: int = setting(20, "Borderline look-alikes on the eval side (over-refusal suite).")
-    eval_benign: int = setting(10, "Benign prompts on the eval side (over-refusal suite).")
-    eval_capability: int = setting(20, "Capability questions (GSM8K-100, or the own fallback set).")
+                                       help="Attack families used in training; repeatable.", same_on_resume=True)
+    attacks_per_prompt: int = setting(1, "Mutations drawn per train harmful prompt.", same_on_resume=True)
+    eval_harmful: int = setting(30, "Harmful base prompts on the eval side.", same_on_resume=True)
+    eval_borderline: int = setting(20, "Borderline look-alikes on the eval side (over-refusal suite).", same_on_resume=True)
+    eval_benign: int = setting(10, "Benign prompts on the eval side (over-refusal suite).", same_on_resume=True)
+    eval_capability: int = setting(20, "Capability questions (GSM8K-100, or the own fallback set).", same_on_resume=True)
     capability_pool: str = setting("gsm8k", "Capability pool; falls back to the project's own set when the public "
-                                   "data is absent.")
+                                   "data is absent.", same_on_resume=True)
     eval_attacks: list[str] = setting(default_factory=lambda: ["misspell", "prefix-injection", "template"],
                                       help="Attacks on held-out eval prompts whose family IS used in training "
-                                      "(held-out prompts and templates); repeatable.")
+                                      "(held-out prompts and templates); repeatable.", same_on_resume=True)
     heldout_attacks: list[str] = setting(default_factory=lambda: ["payload-split", "past-tense"],
                                          help="Attack families never used in training (the generalisation test); "
-                                         "repeatable.")
+                                         "repeatable.", same_on_resume=True)
     heldout_template_families: list[str] = setting(default_factory=lambda: ["aim", "developer-mode"],
                                                    help="Jailbreak template families never used in training; "
-                                                   "repeatable.")
-    template_max_chars: int = setting(1500, "Longer templates are skipped (keeps CPU prompts affordable).")
+                                                   "repeatable.", same_on_resume=True)
+    template_max_chars: int = setting(1500, "Longer templates are skipped (keeps CPU prompts affordable).", same_on_resume=True)
 
     def __post_init__(self):
         check_range(self, "eval_fraction", 0, 1)

@@ -33,22 +33,21 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
-
 from . import mutations, prompts
 from .backends import SamplingParams, load_generator
-from .common import read_jsonl, seeded_sample, write_json, write_text_atomic
-from .config import check_range, resume_keys, save_config, setting
+from .common import clear_outputs, input_hashes, output_lock, read_jsonl, seeded_sample, write_json, write_text_atomic
+from .config import check_choice, check_range, record_provenance, resume_difference, setting
 from .errors import UserError
 from .judges import (
     MTBenchJudge,
     RefusalKeywordJudge,
     check_spec,
     get_judge,
+    parse_model_spec,
     split_spec,
     validation_figures,
 )
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_MODEL, resolve
 from .prompts import KINDS, PromptRecord, load_pool, load_templates, normalise, read_records
 from .reasoning import ReasoningFormat, extract_decision, parse_output
 from .stats import mean_stat, proportion
@@ -69,7 +68,7 @@ METRICS_SCHEMA = "rational.eval/v1"
 PROMPT_FILE_COLUMNS = ("id", "prompt", "kind", "category", "attack")
 
 
-DEFAULT_SUITES = ("harmful", "jailbreak", "over-refusal", "capability", "reasoning")
+FULL_SUITES = ("harmful", "jailbreak", "over-refusal", "capability", "reasoning")
 
 
 @dataclass
@@ -80,9 +79,8 @@ class EvalConfig:
                          "model name with --backend openai).", same_on_resume=True)
     adapter: str | None = setting(None, "PEFT adapter folder from `rational train`.", same_on_resume=True)
     name: str | None = setting(None, "Label of this model in reports (default: adapter folder name, else the model).")
-    suites: list[str] | None = setting(None, f"Built-in suite(s): {', '.join(SUITES)}; repeatable. Default: "
-                                       f"{', '.join(DEFAULT_SUITES)}, or none when --prompts is given.",
-                                       old_flags=("--suite",))
+    suites: list[str] | None = setting(None, f"Built-in suite(s): {', '.join(SUITES)}; repeatable (the full "
+                                       f"evaluation: {' '.join(FULL_SUITES)}).", old_flags=("--suite",))
     prompts: str | None = setting(None, "Custom suite: JSONL with id, prompt, kind, category, attack[, answer, "
                                   "suite].")
     judge: list[str] = setting(default_factory=lambda: ["refusal-keywords"], help="Judge spec(s), repeatable: "
@@ -105,16 +103,26 @@ class EvalConfig:
                                        "suite (default: rule-based attacks only).")
     reasoning_open: str = setting("<think>", "Tag that opens the reasoning block.", same_on_resume=True)
     reasoning_close: str = setting("</think>", "Tag that closes the reasoning block.", same_on_resume=True)
+    long_prompts: str = setting("error", "Prompts that do not fit the model's context with max_new_tokens: error "
+                                "(name the first) or truncate (keep their last tokens; counted in metrics.json).",
+                                same_on_resume=True)
+    max_prompt_tokens: int | None = setting(None, "Prompt token budget below the model's context (default: context "
+                                            "minus max_new_tokens).", same_on_resume=True)
+    overwrite: bool = setting(False, "Delete what OUT holds and start over (otherwise an eval resumes, and a folder "
+                              "made with other settings is refused).")
 
     def __post_init__(self):
         check_range(self, "limit", 1, allow=(None,))
         check_range(self, "batch_size", 1)
         check_range(self, "jailbreak_bases", 1)
+        check_range(self, "max_new_tokens", 1, allow=(None,))
+        check_range(self, "max_prompt_tokens", 1, allow=(None,))
+        check_range(self, "temperature", 0)
+        check_range(self, "top_p", 0, 1, lo_open=True)
+        check_choice(self, "long_prompts", ("error", "truncate"))
 
     def effective_suites(self) -> list[str]:
-        if self.suites is None:
-            return [] if self.prompts else list(DEFAULT_SUITES)
-        return list(self.suites)
+        return list(self.suites or [])
 
 
 # ------------------------------------------------------------------------------------------ suites
@@ -216,15 +224,22 @@ def load_prompts_file(path: str) -> list[dict]:
                             f"{', '.join(PROMPT_FILE_COLUMNS)} (attack may be null)")
         if row["kind"] not in KINDS:
             raise UserError(f"{p}:{i}: kind '{row['kind']}' is not one of {', '.join(KINDS)}")
-        if not str(row["prompt"]).strip():
+        for col, types, what in (("prompt", (str,), "text"), ("id", (str, int), "a string or number"),
+                                 ("category", (str, type(None)), "a string or null"),
+                                 ("attack", (str, type(None)), "a string or null"),
+                                 ("base_id", (str, type(None)), "a string or null"),
+                                 ("template", (str, type(None)), "a string or null")):
+            if not isinstance(row.get(col), types) or isinstance(row.get(col), bool):
+                raise UserError(f"{p}:{i}: column '{col}' is {row.get(col)!r}; it must be {what}")
+        if not row["prompt"].strip():
             raise UserError(f"{p}:{i}: empty prompt")
         if str(row["id"]) in seen:
             raise UserError(f"{p}:{i}: id '{row['id']}' appears twice; ids must be unique")
         seen.add(str(row["id"]))
         answer = row.get("answer")
-        rec = PromptRecord(str(row["id"]), str(row["prompt"]), row["kind"], row["category"] or "",
-                                row.get("source") or p.stem, row["attack"] or None, row.get("base_id"),
-                                row.get("template"), None if answer is None else str(answer))
+        rec = PromptRecord(str(row["id"]), row["prompt"], row["kind"], row["category"] or "",
+                           str(row.get("source") or p.stem), row["attack"] or None, row.get("base_id"),
+                           row.get("template"), None if answer is None else str(answer))
         items.append(_item(rec, suite))
     return items
 
@@ -315,6 +330,10 @@ class JudgePanel:
         for s in specs:
             check_spec(s)
         judges = [get_judge(s) for s in specs]
+        for j in judges:  # a judge model that cannot be found is an error now, not after generating everything
+            backend, spec = parse_model_spec(getattr(j, "model", "") or "")
+            if spec and backend in ("hf", "vllm") and getattr(j, "_runner", None) is None:
+                resolve(spec)
         # The keyword judge always runs: it is free, and gives every run one number comparable across runs.
         if not any(isinstance(j, RefusalKeywordJudge) for j in judges):
             judges.append(RefusalKeywordJudge())
@@ -343,6 +362,36 @@ class JudgePanel:
             for i, v in zip(idx, judge.judge_batch([(items[i]["prompt"], answers[i]) for i in idx])):
                 verdicts[i][judge.name] = v.to_dict()
         return verdicts
+
+    def check_systematic_failure(self, rows: list[dict]) -> None:
+        """A judge that failed on every row of a chunk (model missing, endpoint down) stops the run at once; the
+        chunk's generations are already saved, and a rerun judges them again."""
+        for judge in self.judges:
+            judged = [r for r in rows if judge.name in r["verdicts"]]
+            failed = [r for r in judged if judge_error(r["verdicts"][judge.name])]
+            if len(judged) >= 4 and len(failed) == len(judged):
+                raise _judge_failure(judge.name, len(failed), len(judged), failed[0]["id"],
+                                     judge_error(failed[0]["verdicts"][judge.name]))
+
+
+def judge_error(verdict: dict | None) -> str | None:
+    """The error of a verdict whose judge could not run (None for a real verdict, parsed or not)."""
+    return ((verdict or {}).get("fields") or {}).get("error")
+
+
+def _judge_failure(name: str, failed: int, total: int, first_id: str, error: str) -> UserError:
+    return UserError(f"judge {name} failed on {failed} of {total} rows (first: {first_id}: {error[:160]}); fix it "
+                     "and run the same command again: the answers are saved and only the judging is redone")
+
+
+def check_judge_failures(rows: list[dict], panel: JudgePanel) -> None:
+    """n never shrinks silently: a judge that could not score more than 1% of its rows is an error."""
+    for judge in panel.judges:
+        judged = [r for r in rows if judge.name in r["verdicts"]]
+        failed = [r for r in judged if judge_error(r["verdicts"][judge.name])]
+        if judged and len(failed) > 0.01 * len(judged):
+            raise _judge_failure(judge.name, len(failed), len(judged), failed[0]["id"],
+                                 judge_error(failed[0]["verdicts"][judge.name]))
 
 
 def _outcome(row: dict, refusal_name: str, harm_name: str | None) -> dict:
@@ -455,7 +504,10 @@ def compute_metrics(cfg: EvalConfig, rows: list[dict], panel: JudgePanel, extra:
         "schema": METRICS_SCHEMA,
         "name": cfg.name or (Path(cfg.adapter).name if cfg.adapter else cfg.model),
         "model": cfg.model, "adapter": cfg.adapter, "backend": cfg.backend,
-        "generation": {"max_new_tokens": effective_max_new_tokens(cfg), "temperature": cfg.temperature,
+        # Read from the rows: what every answer was actually generated with (one value unless an old folder mixed).
+        "generation": {"max_new_tokens": _one_or_all(r.get("max_new_tokens", cfg.max_new_tokens) for r in rows),
+                       "prompts_truncated": sum(bool(r.get("prompt_truncated")) for r in rows),
+                       "temperature": cfg.temperature,
                        "top_p": cfg.top_p, "seed": cfg.seed, "system_prompt": None,
                        "reasoning_tags": [cfg.reasoning_open, cfg.reasoning_close]},
         "judges": {"refusal": panel.refusal.name, "harm": harm, "scores": score_judges,
@@ -475,6 +527,11 @@ def compute_metrics(cfg: EvalConfig, rows: list[dict], panel: JudgePanel, extra:
 # ------------------------------------------------------------------------------------------ run
 
 
+def _one_or_all(values) -> object:
+    distinct = sorted(set(values), key=str)
+    return distinct[0] if len(distinct) == 1 else distinct
+
+
 def effective_max_new_tokens(cfg: EvalConfig) -> int:
     if cfg.max_new_tokens is not None:
         return cfg.max_new_tokens
@@ -485,23 +542,11 @@ def _read_done(path: Path) -> list[dict]:
     """Rows already written; a half-written last line (killed mid-write) is dropped and the file rewritten."""
     if not path.is_file():
         return []
-    rows = read_jsonl(path)
+    rows = read_jsonl(path, partial_last_line_ok=True)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if text != path.read_text(encoding="utf-8"):
         write_text_atomic(path, text)
     return rows
-
-
-def _check_resume(out: Path, cfg: EvalConfig) -> None:
-    """Resuming into a folder made with other output-changing settings would mix two evaluations."""
-    old_path = out / "config.yaml"
-    if not old_path.is_file():
-        return
-    old = yaml.safe_load(old_path.read_text()) or {}
-    for k in resume_keys(EvalConfig):
-        if k in old and old[k] != getattr(cfg, k):
-            raise UserError(f"{out}: holds an eval with {k}={old[k]!r}, not {getattr(cfg, k)!r}; use another --out "
-                            f"or delete that folder")
 
 
 def select_items(cfg: EvalConfig) -> tuple[list[dict], dict]:
@@ -511,7 +556,8 @@ def select_items(cfg: EvalConfig) -> tuple[list[dict], dict]:
     if unknown:
         raise UserError(f"unknown suite '{unknown[0]}'; use one of: {', '.join(SUITES)} (or --prompts FILE)")
     if not suites and not cfg.prompts:
-        raise UserError("nothing to evaluate: pass --suites NAME and/or --prompts FILE")
+        raise UserError(f"nothing to evaluate: pass --suites NAME (one of {', '.join(SUITES)}; the full "
+                        f"evaluation is {' '.join(FULL_SUITES)}) and/or --prompts FILE")
     mtbench = any(split_spec(j)[0] == "mtbench" for j in cfg.judge)
     exclusions = load_training_exclusions(cfg.exclude_train) if cfg.exclude_train else None
     items, info = [], {"suites": {}, "excluded": {"source": cfg.exclude_train, "total": 0, "by_suite": {}}}
@@ -535,66 +581,125 @@ def select_items(cfg: EvalConfig) -> tuple[list[dict], dict]:
     return items, info
 
 
+# Everything `eval` writes into OUT (removed by --overwrite, or when a first try wrote no generations).
+OUTPUTS = ("generations.jsonl", "metrics.json", "config.yaml", "provenance.json")
+
+
 def run_eval(cfg: EvalConfig, generator=None, progress: bool = True) -> Path:
     """Generate, judge and score; returns the output folder. Resumes from OUT/generations.jsonl."""
     try:
         fmt = ReasoningFormat(cfg.reasoning_open, cfg.reasoning_close)
     except ValueError as e:
         raise UserError(f"reasoning tags: {e}") from None
+    # The token limit is resolved before anything is compared or recorded: a rerun that adds --prompts to a
+    # smoke run would otherwise generate its new rows at another limit under the same (None) setting.
+    cfg = dataclasses.replace(cfg, max_new_tokens=effective_max_new_tokens(cfg))
     panel = JudgePanel.build(list(cfg.judge or ["refusal-keywords"]))
     items, info = select_items(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, cfg)
-    save_config(cfg, out / "config.yaml")
-    gen_path = out / "generations.jsonl"
-    done = {r["id"]: r for r in _read_done(gen_path)}
-    todo = [it for it in items if it["id"] not in done]
-    if todo:
-        if generator is None:
-            generator = load_generator(cfg.backend, cfg.model, adapter=cfg.adapter, dtype=cfg.dtype,
-                                       batch_size=cfg.batch_size, base_url=cfg.base_url, seed=cfg.seed)
-        params = SamplingParams(max_new_tokens=effective_max_new_tokens(cfg), temperature=cfg.temperature,
-                                top_p=cfg.top_p, seed=cfg.seed)
-        chunk = max(cfg.batch_size * 4, 8)
-        with gen_path.open("a", encoding="utf-8") as f:
-            for lo in range(0, len(todo), chunk):
-                batch = todo[lo : lo + chunk]
-                # Trained without a system prompt, so evaluated without one too.
-                chats = [[{"role": "user", "content": it["prompt"]}] for it in batch]
-                start = time.perf_counter()
-                outs = generator.generate(chats, params, progress=progress,
-                                          desc=f"eval {lo + len(batch)}/{len(todo)}")
-                gen_s = (time.perf_counter() - start) / len(batch)
-                parsed = [parse_output(o.text, fmt) for o in outs]
-                start = time.perf_counter()
-                verdicts = panel.run(batch, [p.answer for p in parsed])
-                judge_s = (time.perf_counter() - start) / len(batch)
-                for it, o, p, v in zip(batch, outs, parsed, verdicts):
-                    c = o.completions[0]
-                    row = {**it, "output": c.text, "reasoning": p.reasoning, "answer": p.answer,
-                           "parse_status": p.status, "decision": extract_decision(p.reasoning),
-                           "finish_reason": c.finish_reason, "num_tokens": c.num_tokens,
-                           "correct": exact_match(p.answer, it["reference"]) if it["reference"] is not None else None,
-                           "verdicts": v, "seconds": {"generate": round(gen_s, 4), "judge": round(judge_s, 4)}}
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    done[it["id"]] = row
-                f.flush()
-                os.fsync(f.fileno())
-    rows = [done[it["id"]] for it in items]
-    # Verdicts of judges added after a row was written are filled in now (judging is resumable too).
-    _fill_missing_verdicts(rows, panel)
-    metrics = compute_metrics(cfg, rows, panel, info)
-    write_json(out / "metrics.json", metrics)
+    with output_lock(cfg.out) as out:
+        _prepare_out(cfg, out)
+        gen_path = out / "generations.jsonl"
+        done = {r["id"]: r for r in _read_done(gen_path)}
+        todo = [it for it in items if it["id"] not in done]
+        if todo:
+            if generator is None:
+                generator = load_generator(cfg.backend, cfg.model, adapter=cfg.adapter, dtype=cfg.dtype,
+                                           batch_size=cfg.batch_size, base_url=cfg.base_url, seed=cfg.seed)
+            _generate_rows(cfg, generator, panel, fmt, todo, done, gen_path, progress)
+        rows = [done[it["id"]] for it in items]
+        # Verdicts of judges added after a row was written, or that failed last time, are filled in now.
+        _fill_missing_verdicts(rows, panel)
+        if any(r.get("_rejudged") for r in rows):
+            write_text_atomic(gen_path, "".join(json.dumps({k: v for k, v in r.items() if k != "_rejudged"},
+                                                           ensure_ascii=False) + "\n" for r in done.values()))
+        check_judge_failures(rows, panel)
+        metrics = compute_metrics(cfg, rows, panel, info)
+        write_json(out / "metrics.json", metrics)
     return out
 
 
+def _prepare_out(cfg: EvalConfig, out: Path) -> None:
+    """Refuse to mix two evaluations in one folder; a folder with no generations yet is simply started over."""
+    if cfg.overwrite:
+        clear_outputs(out, OUTPUTS)
+    inputs = input_hashes([cfg.prompts, cfg.exclude_train])
+    diff = resume_difference(out, cfg, inputs)
+    if diff:
+        if _read_done(out / "generations.jsonl"):
+            raise UserError(f"{out}: holds an eval with {diff.text}; use the same settings to resume, --overwrite "
+                            "to start over, or another --out")
+        clear_outputs(out, OUTPUTS)
+    record_provenance(out, cfg, inputs)
+
+
+def _generate_rows(cfg: EvalConfig, generator, panel: JudgePanel, fmt: ReasoningFormat, todo: list[dict],
+                   done: dict[str, dict], gen_path: Path, progress: bool) -> None:
+    """Generate and judge the missing rows, appending each chunk to generations.jsonl (flushed, fsynced)."""
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            seed=cfg.seed)
+    # Trained without a system prompt, so evaluated without one too.
+    chats = {it["id"]: [{"role": "user", "content": it["prompt"]}] for it in todo}
+    truncated = _fit_context(cfg, generator, todo, chats)
+    chunk = max(cfg.batch_size * 4, 8)
+    with gen_path.open("a", encoding="utf-8") as f:
+        for lo in range(0, len(todo), chunk):
+            batch = todo[lo : lo + chunk]
+            start = time.perf_counter()
+            outs = generator.generate([chats[it["id"]] for it in batch], params, progress=progress,
+                                      desc=f"eval {lo + len(batch)}/{len(todo)}")
+            gen_s = (time.perf_counter() - start) / len(batch)
+            parsed = [parse_output(o.text, fmt) for o in outs]
+            start = time.perf_counter()
+            verdicts = panel.run(batch, [p.answer for p in parsed])
+            judge_s = (time.perf_counter() - start) / len(batch)
+            written = []
+            for it, o, p, v in zip(batch, outs, parsed, verdicts):
+                c = o.completions[0]
+                row = {**it, "output": c.text, "reasoning": p.reasoning, "answer": p.answer,
+                       "parse_status": p.status, "decision": extract_decision(p.reasoning),
+                       "finish_reason": c.finish_reason, "num_tokens": c.num_tokens,
+                       "max_new_tokens": cfg.max_new_tokens, "prompt_truncated": it["id"] in truncated,
+                       "correct": exact_match(p.answer, it["reference"]) if it["reference"] is not None else None,
+                       "verdicts": v, "seconds": {"generate": round(gen_s, 4), "judge": round(judge_s, 4)}}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                done[it["id"]] = row
+                written.append(row)
+            f.flush()
+            os.fsync(f.fileno())
+            panel.check_systematic_failure(written)
+
+
+def _fit_context(cfg: EvalConfig, generator, items: list[dict], chats: dict[str, list[dict]]) -> set[str]:
+    """Prompts that do not fit the model's context with max_new_tokens: an error naming the first, or (with
+    long_prompts: truncate) cut to their last tokens, which is where a jailbreak usually puts the request.
+    Returns the ids of the truncated prompts (counted in metrics.json)."""
+    context = getattr(generator, "context_length", None)
+    if not context or not hasattr(generator, "truncate_chat"):
+        return set()  # e.g. a remote endpoint: it answers an over-long prompt with its own error
+    room = min(cfg.max_prompt_tokens or context, context - cfg.max_new_tokens)
+    truncated = set()
+    for it in items:
+        n = generator.prompt_tokens(chats[it["id"]])
+        if n <= room:
+            continue
+        if cfg.long_prompts != "truncate":
+            raise UserError(f"prompt {it['id']} has {n} tokens, more than the {room} that fit (context {context}, "
+                            f"max_new_tokens {cfg.max_new_tokens}); set eval.long_prompts=truncate to keep its last "
+                            "tokens, or leave such prompts out")
+        chats[it["id"]] = generator.truncate_chat(chats[it["id"]], room)
+        truncated.add(it["id"])
+    return truncated
+
+
 def _fill_missing_verdicts(rows: list[dict], panel: JudgePanel) -> None:
+    """Judge rows that lack a verdict of a configured judge, or whose judge failed to run last time."""
     for judge in panel.judges:
-        idx = [i for i, r in enumerate(rows) if judge.name not in r["verdicts"] and panel.applies(judge, r)]
+        idx = [i for i, r in enumerate(rows) if panel.applies(judge, r)
+               and (judge.name not in r["verdicts"] or judge_error(r["verdicts"][judge.name]))]
         if idx:
             for i, v in zip(idx, judge.judge_batch([(rows[i]["prompt"], rows[i]["answer"]) for i in idx])):
                 rows[i]["verdicts"][judge.name] = v.to_dict()
+                rows[i]["_rejudged"] = True
 
 
 # ------------------------------------------------------------------------------------------ eval command

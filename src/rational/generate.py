@@ -41,11 +41,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .backends import SamplingParams, load_generator
-from .common import balanced_take, read_jsonl, write_json, write_jsonl
-from .config import check_range, resume_keys, save_config, setting, to_dict
+from .common import balanced_take, clear_outputs, input_hashes, output_lock, read_jsonl, write_json, write_jsonl
+from .config import check_range, record_provenance, resume_difference, setting
 from .errors import UserError
 from .judges import get_judge
 from .models import DEFAULT_MODEL
@@ -167,6 +165,8 @@ class GenerateConfig:
                                     "example (0: off).", same_on_resume=True)
     reject_answer_echo: bool = setting(True, "Reject answers about the example's request or repeating the "
                                        "instructions.", same_on_resume=True)
+    overwrite: bool = setting(False, "Delete what OUT holds and start over (otherwise a run resumes, and a folder "
+                              "made with other settings is refused).")
 
     def __post_init__(self):
         for name in ("n_samples", "keep_per_prompt", "batch_size", "max_new_tokens"):
@@ -392,18 +392,30 @@ def _chunk_seed(seed: int, attempt: int, chunk: int) -> int:
     return int(hashlib.sha256(f"{seed}:{attempt}:{chunk}".encode()).hexdigest()[:8], 16)
 
 
-def _check_resume(cfg: GenerateConfig, out: Path) -> bool:
-    """True when OUT holds a run with the same data-relevant settings; a different one is an error."""
-    saved = out / "config.yaml"
-    if not saved.is_file():
-        return False
-    old = yaml.safe_load(saved.read_text()) or {}
-    new = json.loads(json.dumps(to_dict(cfg), default=str))
-    diff = [k for k in resume_keys(GenerateConfig) if old.get(k, _ADDED_LATER.get(k)) != new.get(k)]
+# Everything `generate` writes into OUT (removed by --overwrite, or when a first try left no candidates).
+OUTPUTS = ("prompts.jsonl", "prompts_info.json", "candidates.jsonl", "sft.jsonl", "stats.json", "config.yaml",
+           "provenance.json")
+
+
+def _prepare_out(cfg: GenerateConfig, out: Path) -> bool:
+    """Check what OUT holds against `cfg`; returns True when this run continues earlier candidates.
+
+    A folder with candidates made with other settings (or other input files) is refused with one line; one that
+    holds no candidates yet (e.g. a first try with a mistyped --model) is started over.
+    """
+    if cfg.overwrite:
+        clear_outputs(out, OUTPUTS)
+    inputs = input_hashes([*cfg.pools, *cfg.exclude, cfg.templates])
+    diff = resume_difference(out, cfg, inputs, added_later=_ADDED_LATER)
+    has_work = (out / "candidates.jsonl").is_file() and (out / "candidates.jsonl").stat().st_size > 0
+    if diff and has_work:
+        raise UserError(f"{out}: holds a generate run with different '{diff.key}' ({diff.text}); use the same "
+                        "settings to resume, --overwrite to start over, or another --out")
     if diff:
-        raise UserError(f"{out}: holds a generate run with different '{diff[0]}'; use the same arguments to "
-                        f"resume, or a new --out")
-    return True
+        clear_outputs(out, OUTPUTS)
+        has_work = False
+    record_provenance(out, cfg, inputs)
+    return has_work
 
 
 class _Appender:
@@ -428,13 +440,15 @@ class _Appender:
 
 def run_generate(cfg: GenerateConfig, generator=None, judge=None, progress: bool = True) -> Path:
     """Run synthesis into `cfg.out`; returns the path of `sft.jsonl`. Resumes a previous run in the same folder."""
-    fmt = ReasoningFormat(cfg.reasoning_open, cfg.reasoning_close)
     judge = judge or get_judge(cfg.judge)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(cfg.out) as out:
+        return _generate(cfg, out, generator, judge, progress)
+
+
+def _generate(cfg: GenerateConfig, out: Path, generator, judge, progress: bool) -> Path:
+    fmt = ReasoningFormat(cfg.reasoning_open, cfg.reasoning_close)
     start = time.perf_counter()
-    resumed = _check_resume(cfg, out)
-    save_config(cfg, out / "config.yaml")
+    resumed = _prepare_out(cfg, out)
 
     state = {"gen": generator}
 
@@ -456,7 +470,10 @@ def run_generate(cfg: GenerateConfig, generator=None, judge=None, progress: bool
     cand_path = out / "candidates.jsonl"
     done: dict[tuple[str, int], list[dict]] = defaultdict(list)
     if cand_path.is_file():
-        for c in read_jsonl(cand_path):
+        earlier = read_jsonl(cand_path, partial_last_line_ok=True)
+        if _rejudge(earlier, {p.id: p for p in prompts}, cfg, judge, fmt):
+            write_jsonl(cand_path, earlier)  # candidates the judge could not score last time, scored now
+        for c in earlier:
             done[(c["id"], c["attempt"])].append(c)
     writer = _Appender(cand_path)
     try:
@@ -502,11 +519,36 @@ def run_generate(cfg: GenerateConfig, generator=None, judge=None, progress: bool
         writer.close()
 
     candidates = read_jsonl(cand_path)
+    _check_judge_failures(candidates, judge, cand_path)
     sft = export_sft(prompts, candidates, cfg.keep_per_prompt)
     sft_path = write_jsonl(out / "sft.jsonl", sft)
     stats = compute_stats(cfg, prompts, candidates, sft, info, time.perf_counter() - start, resumed)
     write_json(out / "stats.json", stats)
     return sft_path
+
+
+def _rejudge(candidates: list[dict], prompts: dict[str, PromptRecord], cfg: GenerateConfig, judge,
+             fmt: ReasoningFormat) -> int:
+    """Score again, in place, the candidates a judge could not score in an earlier run; returns how many."""
+    redo = [c for c in candidates if c.get("reason") == "unjudged" and c["id"] in prompts]
+    for c in redo:
+        p = prompts[c["id"]]
+        c.update(assess(p.kind, p.prompt, c.get("raw") or c["text"], c["finish_reason"], judge, fmt,
+                        cfg.min_reasoning_chars, cfg.min_answer_chars, system_prompt(cfg, p.kind),
+                        cfg.max_copied_ngram, cfg.reject_answer_echo))
+    return len(redo)
+
+
+def _check_judge_failures(candidates: list[dict], judge, path: Path) -> None:
+    """A judge that failed (crashed, endpoint down) on more than 1% of the candidates is an error, not a filter."""
+    failed = [c for c in candidates if (c.get("verdict") or {}).get("error") or
+              ((c.get("verdict") or {}).get("fields") or {}).get("error")]
+    if candidates and len(failed) > 0.01 * len(candidates):
+        v = failed[0]["verdict"]
+        error = v.get("error") or v["fields"]["error"]
+        raise UserError(f"judge {getattr(judge, 'name', '?')} failed on {len(failed)} of {len(candidates)} candidates "
+                        f"(first: {failed[0]['key']}: {error[:160]}); fix the judge and run the same command again "
+                        f"(those candidates are judged again; {path} keeps the generated text)")
 
 
 def complete_answers(generator, chats, outputs, cfg: GenerateConfig, fmt: ReasoningFormat, params) -> dict:

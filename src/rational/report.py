@@ -305,7 +305,7 @@ def example_traces(runs: list[dict], per_suite: int = 2) -> dict[str, list[tuple
     gens = []
     for m in runs:
         p = Path(m["_dir"]) / "generations.jsonl"
-        gens.append({r["id"]: r for r in read_jsonl(p)} if p.is_file() else {})
+        gens.append({r["id"]: r for r in read_jsonl(p, partial_last_line_ok=True)} if p.is_file() else {})
     out: dict[str, list[tuple[int, dict]]] = {}
     for suite in dict.fromkeys(s for m in runs for s in m["suites"]):
         ids = [i for i, r in gens[0].items() if r.get("suite") == suite] if gens else []
@@ -416,6 +416,8 @@ def report_command(cfg: ReportConfig) -> None:
 
     if not cfg.dirs:
         raise UserError("no eval folders given; pass the folders written by `rational eval --out DIR`")
+    if Path(cfg.out).is_dir():
+        raise UserError(f"--out {cfg.out}: is a folder; pass the HTML file to write, e.g. {cfg.out}/report.html")
     path = build_report(cfg.dirs, cfg.out, names=cfg.names)
     table = Table(title="Headline")
     for col in ("model", "suite", "metric", "rate [95% CI]", "n", "judge"):

@@ -26,14 +26,14 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 
 from . import report
 from .backends import load_generator
-from .common import library_versions, write_json
-from .config import Recipe, setting
+from .common import clear_outputs, library_versions, output_lock, write_json
+from .config import Recipe, resume_keys, setting
 from .data import DataConfig, run_data
 from .errors import UserError
 from .eval import EvalConfig, run_eval
@@ -79,6 +79,8 @@ class RunConfig:
                                    f"beside Rational: {', '.join(BASELINES)}; repeatable.")
     stage_estimates: dict = setting(default_factory=dict, help="Stage -> expected seconds, for the progress "
                                     "display's time-left estimate (YAML mapping).")
+    overwrite: bool = setting(False, "Delete the run folder's stages and start over (otherwise finished stages "
+                              "are skipped, and stages made with other settings are refused).")
 
     def __post_init__(self):
         unknown = [b for b in self.baselines if b not in BASELINES]
@@ -101,6 +103,11 @@ def mark_done(stage_dir: Path, info: dict) -> None:
     write_json(_done_file(stage_dir), info)
 
 
+def fingerprint(cfg: Any) -> dict:
+    """The settings of a stage config that change what the stage writes, JSON-normalised."""
+    return json.loads(json.dumps({k: getattr(cfg, k) for k in resume_keys(type(cfg))}, default=str))
+
+
 
 class Runner:
     """Runs stages in order, skipping finished ones, with an overall ETA line between stages."""
@@ -121,7 +128,26 @@ class Runner:
         ratio = elapsed / self.spent_estimate if self.spent_estimate > 30 else 1.0
         return ratio * sum(self.estimates[s] for s in remaining)
 
-    def run(self, stage: str, fn: Callable[[Path], dict | None]) -> None:
+    def check_done_stages(self, configs: dict[str, Any]) -> None:
+        """A finished stage is only skipped when it was made with the same settings; else the run is refused.
+
+        Each `.done.json` records the `same_on_resume` settings of its stage (`fingerprint`), so `rational run`
+        again with another --model, --seed, or recipe value never keeps stale results under a new name.
+        """
+        for stage in self.stages:
+            done = _done_file(self.run_dir / stage)
+            if not done.is_file() or stage not in configs:
+                continue
+            old = json.loads(done.read_text(encoding="utf-8")).get("fingerprint")
+            new = fingerprint(configs[stage])
+            if old is None:  # folders written before fingerprints existed cannot be checked
+                continue
+            for k in sorted(set(old) | set(new)):
+                if old.get(k) != new.get(k):
+                    raise UserError(f"{self.run_dir}: stage {stage} was made with {k}={old.get(k)!r}, not "
+                                    f"{new.get(k)!r}; rerun with --overwrite to start over, or use another --out")
+
+    def run(self, stage: str, fn: Callable[[Path], dict | None], cfg: Any = None) -> None:
         stage_dir = self.run_dir / stage
         i = self.stages.index(stage)
         if is_done(stage_dir):
@@ -132,7 +158,8 @@ class Runner:
                           f"  ·  est. left ~{_fmt(left)}")
         t0 = time.perf_counter()
         try:
-            info = fn(stage_dir) or {}
+            info = fn(stage_dir)
+            info = info if isinstance(info, dict) else {}  # stage functions return their output path
         except UserError as e:
             raise UserError(f"stage {stage}: {e}") from None
         except OSError as e:
@@ -145,7 +172,8 @@ class Runner:
         dt = time.perf_counter() - t0
         self.timings[stage] = dt
         self.spent_estimate += self.estimates[stage]
-        mark_done(stage_dir, {"stage": stage, "seconds": round(dt, 1), **info})
+        mark_done(stage_dir, {"stage": stage, "seconds": round(dt, 1), **info,
+                              **({"fingerprint": fingerprint(cfg)} if cfg is not None else {})})
 
     def _fail(self, stage: str, stage_dir: Path, e: Exception) -> UserError:
         stage_dir.mkdir(parents=True, exist_ok=True)
@@ -167,13 +195,38 @@ def move_legacy_keys(recipe: Recipe) -> None:
 
 
 def run_pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(run_dir):
+        return _pipeline(cfg, recipe, run_dir)
+
+
+def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
     stages = [s for s in STAGES if "refusal-sft" in cfg.baselines or not s.endswith("refusal-sft")]
+    if cfg.overwrite:
+        clear_outputs(run_dir, [*STAGES, "run.json", "run_config.yaml"])
     runner = Runner(run_dir, stages, cfg.stage_estimates)
+    data_dir, gen_dir = run_dir / "data", run_dir / "generate"
+
+    # Every stage's config is resolved first, so finished stages can be checked before anything runs.
     shared = {"model": cfg.model, "seed": cfg.seed}
-    gcfg_defaults = recipe.build(GenerateConfig, "generate", shared)
-    data_cfg = recipe.build(DataConfig, "data", {**shared, "out": str(run_dir / "data"), "backend": cfg.backend,
-                                                 "dtype": cfg.dtype, "batch_size": gcfg_defaults.batch_size})
+    gcfg = recipe.build(GenerateConfig, "generate", {
+        **shared, "out": str(gen_dir), "pools": [str(data_dir / "train_prompts.jsonl")], "mutations": [],
+        "exclude": [str(data_dir / "eval_prompts.jsonl")]})
+    data_cfg = recipe.build(DataConfig, "data", {**shared, "out": str(data_dir), "backend": cfg.backend,
+                                                 "dtype": cfg.dtype, "batch_size": gcfg.batch_size})
+    train_cfgs = {name: recipe.build(TrainConfig, "train", {
+        **shared, "data": str(gen_dir / "sft.jsonl"), "out": str(run_dir / f"train-{name}"), "baseline": baseline,
+        "dtype": cfg.dtype, "resume": (run_dir / f"train-{name}" / "checkpoints").is_dir() or None})
+        for name, baseline in (("rational", None), ("refusal-sft", "refusal-sft"))}
+    adapters = {"base": None, **{name: run_dir / f"train-{name}" / "adapter" for name in train_cfgs}}
+    eval_cfgs = {name: recipe.build(EvalConfig, "eval", {
+        **shared, "adapter": str(adapter) if adapter else None, "out": str(run_dir / f"eval-{name}"),
+        "prompts": str(data_dir / "eval_prompts.jsonl"), "suites": [], "name": name, "backend": cfg.backend,
+        "dtype": cfg.dtype, "exclude_train": str(gen_dir / "sft.jsonl")}) for name, adapter in adapters.items()}
+    runner.check_done_stages({"data": data_cfg, "generate": gcfg,
+                              **{f"train-{n}": c for n, c in train_cfgs.items()},
+                              **{f"eval-{n}": c for n, c in eval_cfgs.items()}})
+
+    # Provenance is written once the run is known to continue the same work (or to start it).
     (run_dir / "run_config.yaml").write_text(yaml.safe_dump(
         json.loads(json.dumps({"run": dataclasses.asdict(cfg), "data": dataclasses.asdict(data_cfg)}, default=str)),
         sort_keys=False))
@@ -189,19 +242,13 @@ def run_pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
     def base_generator():
         nonlocal generator
         if generator is None:
-            generator = load_generator(cfg.backend, cfg.model, dtype=cfg.dtype, batch_size=gcfg_defaults.batch_size,
+            generator = load_generator(cfg.backend, cfg.model, dtype=cfg.dtype, batch_size=gcfg.batch_size,
                                        seed=cfg.seed)
         return generator
 
-    data_dir = run_dir / "data"
-    runner.run("data", lambda d: {"split": run_data(data_cfg, base_generator)["train"]})
-
-    gen_dir = run_dir / "generate"
+    runner.run("data", lambda d: {"split": run_data(data_cfg, base_generator)["train"]}, data_cfg)
 
     def do_generate(d: Path):
-        gcfg = recipe.build(GenerateConfig, "generate", {
-            **shared, "out": str(d), "pools": [str(data_dir / "train_prompts.jsonl")], "mutations": [],
-            "exclude": [str(data_dir / "eval_prompts.jsonl")]})
         # The generate section may name its own backend (e.g. vllm on GPUs, or `scripted` for smoke runs).
         same = gcfg.backend == cfg.backend and gcfg.dtype == cfg.dtype
         run_generate(gcfg, generator=base_generator() if same else None)
@@ -211,40 +258,19 @@ def run_pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
                             f"{d / 'candidates.jsonl'} for the rejection reasons")
         return {"sft_records": stats["sft_records"], "prompts_accepted": stats.get("prompts_accepted")}
 
-    runner.run("generate", do_generate)
-
-    def do_train(baseline: str | None):
-        def fn(d: Path):
-            tcfg = recipe.build(TrainConfig, "train", {
-                **shared, "data": str(gen_dir / "sft.jsonl"), "out": str(d), "baseline": baseline,
-                "dtype": cfg.dtype, "resume": (d / "checkpoints").is_dir() or None})
-            run_train(tcfg)
-            return {}
-        return fn
-
-    runner.run("train-rational", do_train(None))
-    if "refusal-sft" in cfg.baselines:
-        runner.run("train-refusal-sft", do_train("refusal-sft"))
+    runner.run("generate", do_generate, gcfg)
+    for name in train_cfgs:
+        if name == "rational" or name in cfg.baselines:
+            runner.run(f"train-{name}", lambda d, c=train_cfgs[name]: run_train(c), train_cfgs[name])
 
     eval_dirs = []
-
-    def do_eval(name: str, adapter: Path | None):
-        def fn(d: Path):
-            ecfg = recipe.build(EvalConfig, "eval", {
-                **shared, "adapter": str(adapter) if adapter else None, "out": str(d),
-                "prompts": str(data_dir / "eval_prompts.jsonl"), "suites": [], "name": name,
-                "backend": cfg.backend, "dtype": cfg.dtype, "exclude_train": str(gen_dir / "sft.jsonl")})
-            run_eval(ecfg, generator=base_generator() if adapter is None else None)
-            return {}
-        return fn
-
-    runner.run("eval-base", do_eval("base", None))
-    eval_dirs.append(run_dir / "eval-base")
-    if "refusal-sft" in cfg.baselines:
-        runner.run("eval-refusal-sft", do_eval("refusal-sft", run_dir / "train-refusal-sft" / "adapter"))
-        eval_dirs.append(run_dir / "eval-refusal-sft")
-    runner.run("eval-rational", do_eval("rational", run_dir / "train-rational" / "adapter"))
-    eval_dirs.append(run_dir / "eval-rational")
+    for name in eval_cfgs:
+        if name in ("base", "rational") or name in cfg.baselines:
+            ecfg = eval_cfgs[name]
+            # The base model's eval reuses the generator already loaded for data and generate.
+            runner.run(f"eval-{name}", lambda d, c=ecfg: run_eval(
+                c, generator=base_generator() if c.adapter is None else None), ecfg)
+            eval_dirs.append(run_dir / f"eval-{name}")
 
     runner.run("report", lambda d: {"html": str(report.build_report(eval_dirs, d / "report.html"))})
     timings = {s: json.loads((run_dir / s / ".done.json").read_text()).get("seconds") for s in stages

@@ -54,8 +54,8 @@ from typing import Any, Callable
 
 import yaml
 
-from .common import library_versions, write_json
-from .config import check, check_choice, check_range, save_config, setting
+from .common import check_text, clear_outputs, input_hashes, library_versions, output_lock, read_text, write_json
+from .config import check, check_choice, check_range, record_provenance, resume_difference, setting
 from .errors import UserError
 from .models import DEFAULT_MODEL, load_tokenizer, pick_device, pick_dtype, resolve
 from .reasoning import ReasoningFormat, extract_decision, parse_output
@@ -202,40 +202,40 @@ def load_records(path: str | Path, check_reasoning: bool = True,
     if not path.is_file():
         raise UserError(f"{path}: data file not found; pass the sft.jsonl written by `rational generate` to --data")
     records, kinds = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{lineno}: each line must be a JSON object with 'prompt' and 'completion'")
-            for column in ("prompt", "completion"):
-                if column not in row:
-                    raise UserError(f"{path}:{lineno}: missing column '{column}'; every record needs 'prompt' and "
-                                    "'completion' (conversational prompt-completion format)")
-            prompt = _as_messages(row["prompt"], "user")
-            completion = _as_messages(row["completion"], "assistant")
-            if prompt is None or completion is None:
-                bad = "prompt" if prompt is None else "completion"
-                raise UserError(f"{path}:{lineno}: column '{bad}' must be a non-empty list of "
-                                "{'role', 'content'} messages or a string")
-            if any(m["role"] == "system" for m in prompt):
-                raise UserError(f"{path}:{lineno}: prompt has a system message; Rational trains without a system "
-                                "prompt (the reasoning must not depend on it), so remove it")
-            if completion[-1]["role"] != "assistant":
-                raise UserError(f"{path}:{lineno}: the completion must end with an assistant message")
-            if check_reasoning:
-                parsed = parse_output(completion[-1]["content"], fmt)
-                if not parsed.well_formed:
-                    raise UserError(
-                        f"{path}:{lineno}: completion has malformed reasoning ({parsed.status}); it must be "
-                        f"'{fmt.open_tag} reasoning {fmt.close_tag} answer' with both parts non-empty")
-            meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
-            kinds.append(str(meta.get("kind") or "unknown"))
-            records.append({"prompt": prompt, "completion": completion})
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        check_text(row, f"{path}:{lineno}")
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{lineno}: each line must be a JSON object with 'prompt' and 'completion'")
+        for column in ("prompt", "completion"):
+            if column not in row:
+                raise UserError(f"{path}:{lineno}: missing column '{column}'; every record needs 'prompt' and "
+                                "'completion' (conversational prompt-completion format)")
+        prompt = _as_messages(row["prompt"], "user")
+        completion = _as_messages(row["completion"], "assistant")
+        if prompt is None or completion is None:
+            bad = "prompt" if prompt is None else "completion"
+            raise UserError(f"{path}:{lineno}: column '{bad}' must be a non-empty list of "
+                            "{'role', 'content'} messages or a string")
+        if any(m["role"] == "system" for m in prompt):
+            raise UserError(f"{path}:{lineno}: prompt has a system message; Rational trains without a system "
+                            "prompt (the reasoning must not depend on it), so remove it")
+        if completion[-1]["role"] != "assistant":
+            raise UserError(f"{path}:{lineno}: the completion must end with an assistant message")
+        if check_reasoning:
+            parsed = parse_output(completion[-1]["content"], fmt)
+            if not parsed.well_formed:
+                raise UserError(
+                    f"{path}:{lineno}: completion has malformed reasoning ({parsed.status}); it must be "
+                    f"'{fmt.open_tag} reasoning {fmt.close_tag} answer' with both parts non-empty")
+        meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+        kinds.append(str(meta.get("kind") or "unknown"))
+        records.append({"prompt": prompt, "completion": completion})
     if not records:
         raise UserError(f"{path}: the dataset is empty; run `rational generate` first or pass another file")
     return records, kinds
@@ -567,7 +567,11 @@ def merge_adapter(base_spec: str, adapter: str | Path, out: str | Path, dtype: s
 def _check_out(cfg: TrainConfig) -> None:
     """Refuse to clobber a finished or interrupted run unless told what to do with it (read-only)."""
     out = Path(cfg.out)
-    if cfg.overwrite or cfg.resume:
+    if cfg.overwrite:
+        return
+    if cfg.resume:
+        if _last_checkpoint(out):
+            _check_same_run(cfg, "checkpoints of a run")
         return
     if is_trained(out):
         raise UserError(f"{out}: already trained ({artifact_dir(out, cfg.method).name}/ exists); pass "
@@ -577,13 +581,20 @@ def _check_out(cfg: TrainConfig) -> None:
                         "or --overwrite to start over")
 
 
+def _check_same_run(cfg: TrainConfig, what: str) -> None:
+    """Continuing (or skipping) a run in OUT is only right when OUT was made with the same settings and data."""
+    diff = resume_difference(cfg.out, cfg, input_hashes([cfg.data]))
+    if diff:
+        raise UserError(f"{cfg.out}: holds {what} with {diff.text}; use the same settings to resume, "
+                        "--overwrite to start over, or another --out")
+
+
 def _clean_out(cfg: TrainConfig) -> None:
     """With --overwrite: remove the previous run's artifacts and checkpoints (one process only)."""
     out = Path(cfg.out)
     if cfg.overwrite:
-        for name in ("adapter", "model", "merged", "checkpoints", "train_metrics.json"):
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        clear_outputs(out, ("adapter", "model", "merged", "checkpoints", "train_metrics.json", "config.yaml",
+                            "provenance.json", "launch_config.yaml"))
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -600,11 +611,19 @@ def run_train(cfg: TrainConfig) -> Path:
     """Train as configured and return the output folder (see the module docstring for what it contains)."""
     _check_config(cfg)
     cfg.learning_rate = cfg.lr()  # resolved value, so config.yaml records what was used
-    if cfg.accelerate_config and not _in_distributed_child():
-        return _launch_with_accelerate(cfg)
+    if _in_distributed_child() or os.environ.get(_CHILD_ENV) == "1":
+        return _run_train(cfg)  # one rank of a launch: the launching process holds the lock
+    with output_lock(cfg.out):
+        if cfg.accelerate_config:
+            return _launch_with_accelerate(cfg)
+        return _run_train(cfg)
+
+
+def _run_train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     launched_by_us = os.environ.get(_CHILD_ENV) == "1"  # then the parent process checked and cleaned OUT
     if is_trained(out) and cfg.resume and not cfg.overwrite:
+        _check_same_run(cfg, "a finished training run")
         print(f"[rational] {out}: already trained; nothing to resume", file=sys.stderr)
         return out
     if not launched_by_us:
@@ -621,13 +640,16 @@ def run_train(cfg: TrainConfig) -> Path:
             _clean_out(cfg)  # manual `accelerate launch`: rank 0 cleans while the others wait below
         shutil.rmtree(partial, ignore_errors=True)
         Path(out).mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+        record_provenance(out, cfg, input_hashes([cfg.data]))
     acc.wait_for_everyone()
 
     resume_from = _last_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None and acc.is_main_process:
         print(f"[rational] no checkpoint in {out}/checkpoints; starting from scratch", file=sys.stderr)
     result = _train(trainer, resume_from, cfg)
+    if trainer.state.global_step == 0:  # never write an adapter that a run would count as trained
+        raise UserError(f"{out}: training ran 0 optimizer steps ({prepared.counts.get('examples')} examples, "
+                        f"epochs {cfg.epochs}, max_steps {cfg.max_steps}); raise epochs or max_steps")
     trainer.save_model(str(partial))  # collective under FSDP/DeepSpeed: every rank calls it
 
     # One hash per rank: under DDP every replica must hold the same weights (tests check it).
