@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_eval import ROWS, ScriptedModel, _prompts
 
 from rational import models
 from rational.cli import main
@@ -20,7 +21,6 @@ from rational.common import output_lock, read_jsonl
 from rational.errors import UserError
 from rational.eval import EvalConfig, run_eval
 from rational.prompts import load_templates
-from test_eval import ROWS, ScriptedModel, _prompts
 
 
 def _cli(args, capsys):
