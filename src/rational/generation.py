@@ -256,12 +256,18 @@ class VLLMGenerator:
 
 
 class OpenAIGenerator:
-    """Any OpenAI-compatible chat endpoint (vLLM serve, TGI, SGLang, hosted APIs)."""
+    """Any OpenAI-compatible chat endpoint (`rational serve`, vLLM serve, TGI, SGLang, hosted APIs).
+
+    Reasoning servers (`rational serve`, vLLM/SGLang with a reasoning parser, DeepSeek) return the reasoning in
+    `message.reasoning_content` (newer vLLM: `reasoning`) apart from the answer in `message.content`. Both are
+    joined back into one `<think>reasoning</think>answer` text, so evaluation parses, judges and scores the same
+    text it would in-process.
+    """
 
     name = "openai"
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, concurrency: int = 8,
-                 max_retries: int = 4, timeout: float = 120.0, client=None):
+                 max_retries: int = 4, timeout: float = 120.0, client=None, reasoning_format=None):
         if client is None:
             try:
                 from openai import OpenAI
@@ -274,7 +280,16 @@ class OpenAIGenerator:
         self.model = model
         self.concurrency = max(1, concurrency)
         self.max_retries = max_retries
+        self.reasoning_format = reasoning_format  # a reasoning.ReasoningFormat; None: <think> tags
         self.stats = {"tokens": 0, "seconds": 0.0}
+
+    def _text(self, message) -> str:
+        """The whole output of one choice: the reasoning field (if the server split it off) joined to content."""
+        from .reasoning import DEFAULT_FORMAT, join_reasoning
+
+        fields = (getattr(message, "reasoning_content", None), getattr(message, "reasoning", None))
+        reasoning = next((f for f in fields if isinstance(f, str)), None)
+        return join_reasoning(reasoning, message.content, self.reasoning_format or DEFAULT_FORMAT)
 
     def _one(self, chat: Chat, params: SamplingParams) -> GenerationOutput:
         delay = 1.0
@@ -285,7 +300,7 @@ class OpenAIGenerator:
                     max_tokens=params.max_new_tokens, n=params.n, seed=params.seed, stop=params.stop or None)
                 comps = []
                 for ch in r.choices:
-                    text, stopped = _apply_stop(ch.message.content or "", params.stop)
+                    text, stopped = _apply_stop(self._text(ch.message), params.stop)
                     ntok = (r.usage.completion_tokens // max(1, len(r.choices))) if r.usage else len(text.split())
                     comps.append(Completion(text, ntok, "length" if ch.finish_reason == "length" and not stopped
                                             else "stop"))
