@@ -325,10 +325,17 @@ def test_busy_port_fails_before_the_model_loads():
             run_serve(ServeConfig(model="no-such-model", port=busy.getsockname()[1]))
 
 
-def test_run_serve_end_to_end(tiny_path):
-    """The real command path: run_serve loads tiny-random, prints where it listens, answers, stops on Ctrl-C."""
+def test_run_serve_end_to_end(tiny_path, tmp_path):
+    """The real command path: run_serve loads tiny-random with a LoRA adapter, prints where it listens, answers
+    under the adapter's folder name, stops cleanly on Ctrl-C."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "rational-lora"
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_path), lora).save_pretrained(adapter)
     code = ("from rational.serve import ServeConfig, run_serve; "
-            "run_serve(ServeConfig(model='tiny-random', port=0, dtype='float32', served_model_name='tiny'))")
+            f"run_serve(ServeConfig(model='tiny-random', adapter={str(adapter)!r}, port=0, dtype='float32'))")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True).start()
@@ -338,8 +345,8 @@ def test_run_serve_end_to_end(tiny_path):
             assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
             time.sleep(0.1)
         url = next(line for line in lines if "serving" in line).split(" at ")[-1].strip()
-        assert url.startswith("http://127.0.0.1:") and "as 'tiny'" in "".join(lines)
-        r = _client(url).chat.completions.create(model="tiny", messages=HI, max_tokens=3)
+        assert url.startswith("http://127.0.0.1:") and "as 'rational-lora'" in "".join(lines)
+        r = _client(url).chat.completions.create(model="rational-lora", messages=HI, max_tokens=3)
         assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens <= 3
     finally:
         proc.send_signal(signal.SIGINT)
