@@ -13,7 +13,9 @@ from rational.reasoning import (
     format_output,
     format_sections,
     has_all_sections,
+    join_reasoning,
     parse_output,
+    split_reasoning,
 )
 
 
@@ -66,3 +68,25 @@ def test_decision_and_sections():
     assert extract_decision("no decision stated") is None
     assert extract_decision(None) is None
     assert not has_all_sections("Intent: only this")
+
+
+def test_split_reasoning_is_lossless():
+    """What a served model returns as reasoning_content + content re-joins to the exact text (the eval over HTTP
+    scores what an in-process eval scores), for well-formed and malformed outputs alike."""
+    texts = [format_output("Intent: x.\nDecision: decline", "No."), "<think>A</think>B", "<think>out of tok",
+             "<think></think>", "plain answer", "reasoning</think>answer", "x <think>A</think>B",
+             "<think>A<think>B</think>C", "<think>A</think>B</think>C", ""]
+    for text in texts:
+        reasoning, content = split_reasoning(text)
+        assert join_reasoning(reasoning, content) == text, text
+    assert split_reasoning(format_output("R", "A")) == ("\nR\n", "\n\nA")
+    assert split_reasoning("<think>out of tok") == ("out of tok", None)  # unclosed: no answer at all
+    assert split_reasoning("<think></think>") == ("", "")  # closed, empty answer
+    assert split_reasoning("reasoning</think>answer") == (None, "reasoning</think>answer")  # only a leading block
+    # Whitespace before the block is the one thing dropped; what parse_output makes of the text is unchanged.
+    text = "\n <think>R</think>A"
+    joined = join_reasoning(*split_reasoning(text))
+    assert joined == "<think>R</think>A" and parse_output(joined) == parse_output(text)
+    fmt = ReasoningFormat("<reasoning>", "</reasoning>")
+    assert split_reasoning("<reasoning>R</reasoning>A", fmt) == ("R", "A")
+    assert split_reasoning("<think>R</think>A", fmt) == (None, "<think>R</think>A")

@@ -10,6 +10,7 @@ One module per stage, named like its command; stages talk through documented JSO
     rational eval         eval.py       EvalConfig      generations.jsonl, metrics.json
     rational report       report.py     ReportConfig    report.html, report.md
     rational run          run.py        RunConfig       runs/NAME/<stage>/ for every stage above, run.json
+    rational serve        serve.py      ServeConfig     an OpenAI-compatible endpoint (reasoning_content apart)
     rational chat         chat.py       ChatConfig      (terminal)
     rational judge-check  judges.py     JudgeCheckConfig  agreement figures (JSON)
     rational models       models.py     -               (terminal)

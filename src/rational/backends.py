@@ -21,6 +21,7 @@ from typing import Protocol
 
 from .errors import UserError
 from .models import load_model_and_tokenizer, load_tokenizer, resolve, stop_token_ids
+from .reasoning import DEFAULT_FORMAT, ReasoningFormat, join_reasoning
 
 Chat = list[dict[str, str]]
 BACKENDS = ("hf", "vllm", "openai", "scripted")
@@ -275,12 +276,18 @@ class VLLMGenerator:
 
 
 class OpenAIGenerator:
-    """Any OpenAI-compatible chat endpoint (vLLM serve, TGI, SGLang, hosted APIs)."""
+    """Any OpenAI-compatible chat endpoint (`rational serve`, vLLM serve, TGI, SGLang, hosted APIs).
+
+    Reasoning servers (`rational serve`, vLLM/SGLang with a reasoning parser, DeepSeek) return the reasoning in
+    `message.reasoning_content` (newer vLLM: `reasoning`) apart from the answer in `message.content`. Both are
+    joined back into one `<think>reasoning</think>answer` text, so evaluation parses, judges and scores the same
+    text it would in-process.
+    """
 
     name = "openai"
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, concurrency: int = 8,
-                 max_retries: int = 4, timeout: float = 120.0, client=None):
+                 max_retries: int = 4, timeout: float = 120.0, client=None, reasoning_format=None):
         if client is None:
             try:
                 from openai import OpenAI
@@ -293,7 +300,14 @@ class OpenAIGenerator:
         self.model = model
         self.concurrency = max(1, concurrency)
         self.max_retries = max_retries
+        self.reasoning_format = reasoning_format  # a reasoning.ReasoningFormat; None: <think> tags
         self.stats = {"tokens": 0, "seconds": 0.0}
+
+    def _text(self, message) -> str:
+        """The whole output of one choice: the reasoning field (if the server split it off) joined to content."""
+        fields = (getattr(message, "reasoning_content", None), getattr(message, "reasoning", None))
+        reasoning = next((f for f in fields if isinstance(f, str)), None)
+        return join_reasoning(reasoning, message.content, self.reasoning_format or DEFAULT_FORMAT)
 
     def _one(self, chat: Chat, params: SamplingParams) -> GenerationOutput:
         delay = 1.0
@@ -304,7 +318,7 @@ class OpenAIGenerator:
                     max_tokens=params.max_new_tokens, n=params.n, seed=params.seed, stop=params.stop or None)
                 comps = []
                 for ch in r.choices:
-                    text, stopped = _apply_stop(ch.message.content or "", params.stop)
+                    text, stopped = _apply_stop(self._text(ch.message), params.stop)
                     ntok = (r.usage.completion_tokens // max(1, len(r.choices))) if r.usage else len(text.split())
                     comps.append(Completion(text, ntok, "length" if ch.finish_reason == "length" and not stopped
                                             else "stop"))
@@ -375,8 +389,10 @@ class ScriptedGenerator:
 
 def load_generator(backend: str, model: str, adapter: str | None = None, dtype: str = "auto", batch_size: int = 8,
                    base_url: str | None = None, concurrency: int = 8, seed: int = 0,
-                   trust_remote_code: bool = False) -> Generator:
-    """Build a generator by backend name. `model` is a model spec (hf/vllm) or the served model name (openai)."""
+                   trust_remote_code: bool = False, reasoning_format: ReasoningFormat | None = None) -> Generator:
+    """Build a generator by backend name. `model` is a model spec (hf/vllm) or the served model name (openai).
+
+    `reasoning_format`: the tags an `openai` endpoint's separate `reasoning_content` is joined back with."""
     if backend == "hf":
         return HFGenerator.load(model, adapter=adapter, dtype=dtype, batch_size=batch_size,
                                 trust_remote_code=trust_remote_code)
@@ -387,5 +403,5 @@ def load_generator(backend: str, model: str, adapter: str | None = None, dtype: 
     if backend == "openai":
         if adapter:
             raise UserError("backend 'openai' cannot load --adapter; serve the adapter on the endpoint instead")
-        return OpenAIGenerator(model, base_url=base_url, concurrency=concurrency)
+        return OpenAIGenerator(model, base_url=base_url, concurrency=concurrency, reasoning_format=reasoning_format)
     raise UserError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")

@@ -26,6 +26,7 @@ from .judges import JudgeCheckConfig, judge_check_command
 from .models import models_command
 from .report import ReportConfig, report_command
 from .run import RunConfig, move_legacy_keys, preset_paths, run_command
+from .serve import ServeConfig, run_serve
 from .train import TrainConfig, train_command
 
 app = typer.Typer(
@@ -49,6 +50,8 @@ COMMANDS = {
     "run": (RunConfig, "run", run_command, "The whole pipeline: data -> generate -> train -> eval -> report "
             "(resumable)."),
     "chat": (ChatConfig, "chat", chat_command, "Chat with a model (and adapter); reasoning and answer shown apart."),
+    "serve": (ServeConfig, "serve", run_serve, "Serve a model (+ adapter) behind an OpenAI-compatible endpoint, "
+              "reasoning apart from the answer (for garak, PyRIT, remote eval)."),
     "judge-check": (JudgeCheckConfig, "judge-check", judge_check_command, "Score a judge against human refusal "
                     "labels."),
 }

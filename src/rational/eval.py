@@ -604,7 +604,8 @@ def run_eval(cfg: EvalConfig, generator=None, progress: bool = True) -> Path:
         if todo:
             if generator is None:
                 generator = load_generator(cfg.backend, cfg.model, adapter=cfg.adapter, dtype=cfg.dtype,
-                                           batch_size=cfg.batch_size, base_url=cfg.base_url, seed=cfg.seed)
+                                           batch_size=cfg.batch_size, base_url=cfg.base_url, seed=cfg.seed,
+                                           reasoning_format=fmt)
             _generate_rows(cfg, generator, panel, fmt, todo, done, gen_path, progress)
         rows = [done[it["id"]] for it in items]
         # Verdicts of judges added after a row was written, or that failed last time, are filled in now.

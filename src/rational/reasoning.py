@@ -12,7 +12,8 @@ An assistant turn that reasons looks like this (tags configurable)::
     I can't help with that, but ...
 
 This module is the only place that knows the layout. Everything else calls `format_output`,
-`parse_output` and `extract_decision`. Parsing never raises: a malformed text comes back with a
+`parse_output`, `extract_decision`, and `split_reasoning` / `join_reasoning` (the served model's
+`reasoning_content` field and its inverse). Parsing never raises: a malformed text comes back with a
 `status` that says what is wrong, so a generator that ran out of tokens mid-reasoning is counted,
 not crashed on.
 """
@@ -114,6 +115,33 @@ def parse_output(text: str, fmt: ReasoningFormat = DEFAULT_FORMAT) -> ParsedOutp
     else:
         status = OK
     return ParsedOutput(reasoning, answer, status)
+
+
+def split_reasoning(text: str, fmt: ReasoningFormat = DEFAULT_FORMAT) -> tuple[str | None, str | None]:
+    """Split an output into (reasoning, content) the way reasoning-model servers return them.
+
+    Unlike `parse_output`, nothing is stripped or judged, so `join_reasoning` rebuilds the model's text exactly
+    and a client that re-joins the two fields scores the same text as an in-process run. Only an output that
+    opens with the reasoning block is split (whitespace before the open tag is dropped); any other output is
+    all content. An unclosed block (out of tokens mid-reasoning) is all reasoning with content None, not "",
+    so it stays distinguishable from a closed block followed by an empty answer.
+    """
+    text = text or ""
+    body = text.lstrip()
+    if not body.startswith(fmt.open_tag):
+        return None, text
+    body = body[len(fmt.open_tag) :]
+    end = body.find(fmt.close_tag)
+    if end == -1:
+        return body, None
+    return body[:end], body[end + len(fmt.close_tag) :]
+
+
+def join_reasoning(reasoning: str | None, content: str | None, fmt: ReasoningFormat = DEFAULT_FORMAT) -> str:
+    """The inverse of `split_reasoning`: one text with the reasoning block in front."""
+    if reasoning is None:
+        return content or ""
+    return fmt.open_tag + reasoning + ("" if content is None else fmt.close_tag + content)
 
 
 def final_answer(text: str, fmt: ReasoningFormat = DEFAULT_FORMAT) -> str:
