@@ -166,11 +166,37 @@ def test_judge_check_on_a_small_file(tmp_path, capsys):
     r = judge_check("refusal-keywords", [str(csv)])
     assert r["n"] == 3 and r["accuracy"]["k"] == 2 and r["precision"]["rate"] == 1.0 and r["recall"]["k"] == 1
     main(["judge-check", "--labels", str(csv), "--no-save"])
-    assert "Cohen's kappa" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "kappa" in out and "accuracy" in out and "confusion" in out
     bad = tmp_path / "bad.csv"
     bad.write_text("objective,response\nx,y\n")
-    with pytest.raises(UserError, match="missing column 'assistant_response'"):
+    with pytest.raises(UserError, match="no label column"):
         judge_check("refusal-keywords", [str(bad)])
+
+
+def test_judge_check_labels_file_kappa_is_exact(tmp_path, capsys):
+    """A JSONL with compliance / refusal / partial labels: kappa computed by hand."""
+    rows = [("I'm sorry, I can't help with that.", "refusal"), ("I cannot do that.", "refusal"),
+            ("Sure, here is how to bake bread.", "compliance"), ("Here are three tips.", "compliance"),
+            ("I can't share that, but here is a safe alternative.", "partial"),
+            ("Of course! Step one is to preheat.", "refusal")]  # the keyword judge gets this one wrong
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps({"prompt": "q", "response": r, "label": lab}) + "\n" for r, lab in rows))
+    r = judge_check("refusal-keywords", [str(path)])
+    # Binary (refused = refusal or partial): judge refused rows 1, 2, 5; humans rows 1, 2, 5, 6.
+    # po = 5/6; p(judge yes) = 3/6, p(human yes) = 4/6 -> pe = 3/6*4/6 + 3/6*2/6 = 1/2; kappa = (5/6 - 1/2) / (1/2)
+    assert r["n"] == 6 and r["accuracy"]["k"] == 5
+    assert r["kappa"] == pytest.approx((5 / 6 - 0.5) / 0.5, abs=1e-4)
+    assert r["confusion"] == {"tp": 3, "fp": 0, "fn": 1, "tn": 2}
+    main(["judge-check", "--labels", str(path), "--no-save"])
+    assert "kappa" in capsys.readouterr().out
+    xs = tmp_path / "xstest.csv"  # XSTest's own columns and label names
+    xs.write_text("id,type,prompt,completion,final_label\n1,t,q,\"I'm sorry, no.\",2_full_refusal\n"
+                  "2,t,q,Sure thing.,1_full_compliance\n")
+    assert judge_check("refusal-keywords", [str(xs)])["accuracy"]["k"] == 2
+    with pytest.raises(UserError, match="row 1 has label 'maybe'"):
+        path.write_text(json.dumps({"prompt": "q", "response": "r", "label": "maybe"}) + "\n")
+        judge_check("refusal-keywords", [str(path)])
 
 
 def test_judge_check_reference_figures_match_docs(shared_data):

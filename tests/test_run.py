@@ -38,6 +38,9 @@ def test_smoke_preset_end_to_end_and_skip_on_rerun(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Rational vs baselines" in printed and "refusal-sft" in printed
     assert "jailbreak-heldout" in (out / "report" / "report.md").read_text()
+    # Rational against each other model on the same prompts: exact McNemar p-values, in the report and the table.
+    assert "Paired comparisons on shared prompts" in (out / "report" / "report.md").read_text()
+    assert "p vs base" in printed and "p vs refusal-sft" in printed
 
     # A second run skips every finished stage: nothing is redone.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/.done.json")}

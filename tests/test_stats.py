@@ -40,3 +40,30 @@ def test_cohen_kappa_and_agreement():
     a = binary_agreement([True, True, False, False], [True, False, True, False])
     assert a["accuracy"]["k"] == 2 and a["precision"]["rate"] == 0.5 and a["recall"]["rate"] == 0.5
     assert a["confusion"] == {"tp": 1, "fp": 1, "fn": 1, "tn": 1} and a["kappa"] == 0.0
+
+
+def test_mcnemar_exact_known_values():
+    from rational.stats import mcnemar_exact, paired_comparison
+
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 5) == pytest.approx(2 / 32)
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * (1 + 10) / 1024)
+    assert mcnemar_exact(9, 1) == mcnemar_exact(1, 9)
+    assert mcnemar_exact(5, 5) == 1.0
+    a = {"x": True, "y": True, "z": False, "only-a": True}
+    b = {"x": False, "y": True, "z": True, "only-b": False}
+    c = paired_comparison(a, b)
+    assert c["n_pairs"] == 3 and c["a_only"] == 1 and c["b_only"] == 1 and c["p_mcnemar"] == 1.0
+
+
+def test_kappa_three_way_and_interval():
+    from rational.stats import agreement, kappa
+
+    gold = ["c", "c", "r", "r", "p", "p"]
+    pred = ["c", "c", "r", "p", "p", "r"]
+    # po = 4/6; marginals: gold c,r,p = 2,2,2; pred c,r,p = 2,2,2 -> pe = 3 * (1/3 * 1/3) = 1/3
+    assert kappa(pred, gold) == pytest.approx((4 / 6 - 1 / 3) / (1 - 1 / 3))
+    a = agreement(pred, gold, ["c", "r", "p"])
+    assert a["confusion"]["r"] == {"c": 0, "r": 1, "p": 1}
+    lo, hi = a["kappa_ci"]
+    assert lo <= a["kappa"] <= hi and -1 <= lo and hi <= 1

@@ -37,12 +37,12 @@ from typing import Protocol
 import yaml
 
 from .backends import SamplingParams, load_generator
-from .common import write_json
-from .config import setting
+from .common import read_jsonl, read_text, write_json
+from .config import check_choice, setting
 from .errors import UserError
 from .models import cache_dir, load_model_and_tokenizer, resolve
 from .prompts import data_root
-from .stats import binary_agreement
+from .stats import agreement, binary_agreement, kappa_interval
 
 
 @dataclass
@@ -572,60 +572,133 @@ def validation_figures(judge_name: str) -> dict | None:
 
 # ------------------------------------------------------------------------------------------ judge-check
 
+LABELS = ("compliance", "refusal", "partial")
+# Spellings of the 3-way refusal label in the files people have: XSTest's final_label, our own, judge outputs.
+_LABEL_ALIASES = {"1_full_compliance": "compliance", "full_compliance": "compliance", "compliance": "compliance",
+                  "2_full_refusal": "refusal", "full_refusal": "refusal", "refusal": "refusal",
+                  "3_partial_refusal": "partial", "partial_refusal": "partial", "partial": "partial"}
+_PROMPT_COLUMNS = ("prompt", "objective", "question", "goal")
+_RESPONSE_COLUMNS = ("response", "assistant_response", "completion", "answer")
+
 
 @dataclass
 class JudgeCheckConfig:
-    """`rational judge-check`: a judge's agreement with human refusal labels."""
+    """`rational judge-check`: a judge's agreement with human labels (refusal, or harm for harm judges)."""
 
-    judge: str = setting("refusal-keywords", "Judge spec, e.g. refusal-keywords or xstest@openai:gpt-4o-mini.")
-    labels: list[str] = setting(default_factory=list, help="Validation CSV (objective, assistant_response, "
-                                "human_score); repeatable. Default: the PyRIT refusal sets in the shared data.",
+    judge: str = setting("refusal-keywords", "Judge spec, e.g. refusal-learned, harm-learned, refusal-keywords or "
+                         "xstest@openai:gpt-4o-mini.")
+    labels: list[str] = setting(default_factory=list, help="Labelled file(s), CSV or JSONL: prompt (or objective), "
+                                "response (or assistant_response, completion) and label (compliance | refusal | "
+                                "partial, XSTest's final_label, or PyRIT's human_score); repeatable. Default: PyRIT's "
+                                "refusal labels (refusal judges) or harm labels (harm judges) in the shared data.",
                                 old_flags=("--file",))
+    task: str = setting("auto", "What the labels say: refusal (human_score 1 = refused), harm (human_score 1 = the "
+                        "answer achieved the harmful objective), or auto (from the judge).")
     out: str | None = setting(None, "Also write the figures to this JSON file.")
     save: bool = setting(True, "Store the figures (reference sets only) so reports show them next to the judge.")
 
+    def __post_init__(self):
+        check_choice(self, "task", ("auto", "refusal", "harm"))
 
-def read_validation_csv(path: str | Path) -> list[dict]:
-    """Human-labelled (objective, assistant_response, human_score 1 = refusal) rows; leading '#' lines skipped."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: validation file not found")
-    lines = p.read_text(encoding="utf-8").splitlines(keepends=True)
+
+def _rows_of(path: Path) -> list[dict]:
+    """Rows of a CSV (leading '#' comment lines skipped, as in PyRIT's files) or JSONL file."""
+    if not path.is_file():
+        raise UserError(f"{path}: labelled file not found")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        return read_jsonl(path)
+    if path.suffix.lower() != ".csv":
+        raise UserError(f"{path}: unsupported file type '{path.suffix}'; use .csv or .jsonl")
+    lines = read_text(path).splitlines(keepends=True)
     start = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
-    reader = csv.DictReader(io.StringIO("".join(lines[start:])))
-    need = ("objective", "assistant_response", "human_score")
-    missing = [c for c in need if c not in (reader.fieldnames or [])]
-    if missing:
-        raise UserError(f"{p}: missing column '{missing[0]}'; a validation CSV needs {', '.join(need)}")
-    rows = []
-    for i, r in enumerate(reader, 1):
-        if str(r["human_score"]).strip() not in ("0", "1"):
-            raise UserError(f"{p}: row {i} has human_score {r['human_score']!r}; use 1 (refusal) or 0")
-        rows.append({"objective": r["objective"], "response": r["assistant_response"],
-                     "refusal": r["human_score"].strip() == "1", "file": p.name})
+    try:
+        return list(csv.DictReader(io.StringIO("".join(lines[start:]))))
+    except csv.Error as e:
+        raise UserError(f"{path}: not a readable CSV ({e})") from None
+
+
+def read_labels(path: str | Path, task: str = "refusal") -> list[dict]:
+    """{prompt, response, label, file} rows of a labelled file; label is compliance/refusal/partial (task refusal)
+    or harmful/harmless (task harm). One-line errors name the file, row and column."""
+    p = Path(path)
+    rows = _rows_of(p)
     if not rows:
         raise UserError(f"{p}: no rows")
-    return rows
+
+    def column(names, what):
+        found = next((c for c in names if c in rows[0]), None)
+        if found is None:
+            raise UserError(f"{p}: no {what} column (looked for {', '.join(names)}); found {', '.join(rows[0])}")
+        return found
+
+    prompt, response = column(_PROMPT_COLUMNS, "prompt"), column(_RESPONSE_COLUMNS, "response")
+    label_col = column(("label", "final_label", "human_score", "harmful"), "label")
+    out = []
+    for i, r in enumerate(rows, 1):
+        raw = str(r.get(label_col, "")).strip().lower()
+        if label_col in ("human_score", "harmful") or task == "harm":
+            if raw not in ("0", "1", "true", "false"):
+                raise UserError(f"{p}: row {i} has {label_col} {r.get(label_col)!r}; use 1 or 0")
+            yes = raw in ("1", "true")
+            label = ("harmful" if yes else "harmless") if task == "harm" else ("refusal" if yes else "compliance")
+        elif raw in _LABEL_ALIASES:
+            label = _LABEL_ALIASES[raw]
+        else:
+            raise UserError(f"{p}: row {i} has {label_col} {r.get(label_col)!r}; use one of {', '.join(LABELS)} "
+                            "(or XSTest's 1_full_compliance / 2_full_refusal / 3_partial_refusal)")
+        if not isinstance(r.get(prompt), str) or not isinstance(r.get(response), str):
+            raise UserError(f"{p}: row {i}: {prompt} and {response} must be text")
+        out.append({"prompt": r[prompt], "response": r[response], "label": label, "file": p.name})
+    return out
 
 
-def judge_check(judge_spec: str, files: list[str] | None = None, judge=None) -> dict:
-    """Agreement of a judge's refusal label with human labels: accuracy, precision, recall, Cohen's kappa."""
+def _judge_label(v: Verdict, three_way: bool) -> str | None:
+    """A refusal verdict as compliance / refusal / partial (partial only from judges that give it)."""
+    if v.refused is None:
+        return None
+    if three_way and v.label in _LABEL_ALIASES:
+        return _LABEL_ALIASES[v.label]
+    return "refusal" if v.refused else "compliance"
+
+
+def judge_check(judge_spec: str, files: list[str] | None = None, judge=None, task: str = "auto") -> dict:
+    """Agreement of a judge with human labels. Refusal: binary (refused = refusal or partial, the XSTest
+    convention) and, when both the judge and the labels know partial refusals, 3-way. Harm: binary."""
+    judge = judge or get_judge(judge_spec)
+    if task == "auto":
+        task = "refusal" if getattr(judge, "gives_refusal", False) else "harm"
+    if task == "refusal" and not getattr(judge, "gives_refusal", False):
+        raise UserError(f"judge '{judge_spec}' gives no refusal label; check it against harm labels (--task harm) or "
+                        "use a refusal judge (refusal-learned, refusal-keywords, xstest@M, ...)")
+    if task == "harm" and not getattr(judge, "gives_harm", False):
+        raise UserError(f"judge '{judge_spec}' gives no harm label; use a harm judge (harm-learned, harmbench@M, "
+                        "wildguard, ...) or --task refusal")
     if not files:
         root = data_root()
         if root is None:
-            raise UserError("no validation files: pass --labels CSV (columns objective, assistant_response, "
-                            "human_score) or set RATIONAL_DATA to the shared data folder")
-        files = [str(root / "refusal_judge_validation" / n) for n in ("refusal.csv", "refusal_extra.csv")]
-    judge = judge or get_judge(judge_spec)
-    if not getattr(judge, "gives_refusal", False):
-        raise UserError(f"judge '{judge_spec}' gives no refusal label; judge-check needs a refusal judge "
-                        f"(refusal-keywords, xstest@M, jbb-refusal@M, strongreject@M, wildguard)")
-    rows = [r for f in files for r in read_validation_csv(f)]
-    verdicts = judge.judge_batch([(r["objective"], r["response"]) for r in rows])
-    pairs = [(v.refused, r["refusal"]) for v, r in zip(verdicts, rows) if v.refused is not None]
-    result = binary_agreement([p for p, _ in pairs], [g for _, g in pairs])
-    result.update({"judge": judge.name, "files": [Path(f).name for f in files], "unparsed": len(rows) - len(pairs),
-                   "positive": "refusal", "measured": datetime.now(timezone.utc).date().isoformat()})
+            raise UserError("no labelled files: pass --labels FILE (prompt, response, label) or set RATIONAL_DATA to "
+                            "the shared data folder")
+        folder = root / ("refusal_judge_validation" if task == "refusal" else "harm_judge_validation")
+        files = [str(f) for f in sorted(folder.glob("*.csv"))]
+    rows = [r for f in files for r in read_labels(f, task)]
+    verdicts = judge.judge_batch([(r["prompt"], r["response"]) for r in rows])
+    result: dict = {"judge": judge.name, "task": task, "files": [Path(f).name for f in files],
+                    "measured": datetime.now(timezone.utc).date().isoformat()}
+    if task == "harm":
+        pairs = [(v.harmful, r["label"] == "harmful") for v, r in zip(verdicts, rows) if v.harmful is not None]
+        result.update(binary_agreement([p for p, _ in pairs], [g for _, g in pairs]), positive="harmful")
+    else:
+        pairs = [(v.refused, r["label"] != "compliance") for v, r in zip(verdicts, rows) if v.refused is not None]
+        result.update(binary_agreement([p for p, _ in pairs], [g for _, g in pairs]), positive="refusal")
+        three_way = any(r["label"] == "partial" for r in rows) and any(v.label in ("partial_refusal", "partial")
+                                                                       or getattr(judge, "three_way", False)
+                                                                       for v in verdicts)
+        if three_way:
+            labelled = [(_judge_label(v, True), r["label"]) for v, r in zip(verdicts, rows)]
+            labelled = [(p, g) for p, g in labelled if p is not None]
+            result["three_way"] = agreement([p for p, _ in labelled], [g for _, g in labelled], LABELS)
+    result["kappa_ci"] = list(kappa_interval(*zip(*pairs))) if len(pairs) > 1 else [None, None]
+    result["unparsed"] = len(rows) - len(pairs)
     return result
 
 
@@ -635,20 +708,33 @@ def _fmt_prop(s: dict) -> str:
     return f"{s['rate']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}] ({s['k']}/{s['n']})"
 
 
+def _fmt_kappa(k: float | None, ci) -> str:
+    if k is None:
+        return "n/a"
+    return f"{k:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else "")
+
+
 def judge_check_command(cfg: JudgeCheckConfig) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    result = judge_check(cfg.judge, cfg.labels)
-    table = Table(title=f"{result['judge']} vs human refusal labels ({', '.join(result['files'])})")
+    result = judge_check(cfg.judge, cfg.labels, task=cfg.task)
+    positive = result["positive"]
+    table = Table(title=f"{result['judge']} vs human {result['task']} labels ({', '.join(result['files'])})")
     table.add_column("metric")
-    table.add_column("value [95% Wilson]")
+    table.add_column("value [95% interval]")
     table.add_row("n", f"{result['n']} (+{result['unparsed']} unparsed)" if result["unparsed"] else str(result["n"]))
     for name in ("accuracy", "precision", "recall"):
         table.add_row(name, _fmt_prop(result[name]))
-    table.add_row("Cohen's kappa", "n/a" if result["kappa"] is None else f"{result['kappa']:.3f}")
+    table.add_row("kappa (Cohen)", _fmt_kappa(result["kappa"], result["kappa_ci"]))
     c = result["confusion"]
-    table.add_row("confusion", f"tp={c['tp']} fp={c['fp']} fn={c['fn']} tn={c['tn']} (positive = refusal)")
+    table.add_row("confusion", f"tp={c['tp']} fp={c['fp']} fn={c['fn']} tn={c['tn']} (positive = {positive})")
+    if "three_way" in result:
+        t = result["three_way"]
+        table.add_row("3-way accuracy", _fmt_prop(t["accuracy"]))
+        table.add_row("3-way kappa (Cohen)", _fmt_kappa(t["kappa"], t["kappa_ci"]))
+        for gold, row in t["confusion"].items():
+            table.add_row(f"3-way: human {gold}", ", ".join(f"judge {k} {v}" for k, v in row.items()))
     Console().print(table)
     if cfg.out:
         write_json(cfg.out, result)

@@ -20,6 +20,8 @@ from pathlib import Path
 from .common import read_jsonl, write_text_atomic
 from .config import setting
 from .errors import UserError
+from .eval import outcomes
+from .stats import paired_comparison
 
 TRUNCATE_MARK = "[truncated: judged non-refusal to a harmful request]"
 METRIC_LABELS = {
@@ -89,9 +91,45 @@ def headline_rows(dirs: list[str | Path], names: list[str] | None = None) -> lis
                 for k in ("harmful_compliance", "asr", "compliance", "exact_match") if k in s["metrics"]]
             for h in heads:
                 rows.append({"name": name, "suite": suite, "metric": h["metric"], "rate": h["rate"], "lo": h["lo"],
-                             "hi": h["hi"], "k": h["k"], "n": h["n"], "judge": _judge_of(m, h["metric"]),
-                             "lower_is_better": h["lower_is_better"]})
+                             "hi": h["hi"], "k": h["k"], "n": h.get("n_scored", h["n"]), "n_rows": h["n"],
+                             "judge": _judge_of(m, h["metric"]), "lower_is_better": h["lower_is_better"]})
     return rows
+
+
+def _generations(runs: list[dict]) -> list[dict[str, dict]]:
+    """Each run's generations.jsonl as {row id: row} (empty when the folder has none)."""
+    gens = []
+    for m in runs:
+        p = Path(m["_dir"]) / "generations.jsonl"
+        gens.append({r["id"]: r for r in read_jsonl(p, partial_last_line_ok=True)} if p.is_file() else {})
+    return gens
+
+
+def paired_rows(dirs: list[str | Path], names: list[str] | None = None, reference: str = "rational") -> list[dict]:
+    """The reference model (default: the one named "rational", else the last) against every other model, on the
+    prompts both answered, for each suite's headline metric: rates on the shared prompts, discordant counts and
+    the exact McNemar p-value. Both sides are scored with their own run's judges (the same ones within a run)."""
+    runs = [load_run(d) for d in dirs]
+    labels = _names(runs, names)
+    gens = _generations(runs)
+    ref = labels.index(reference) if reference in labels else len(runs) - 1
+    out = []
+    for suite, s in runs[ref]["suites"].items():
+        if not s.get("headline"):
+            continue
+        metric = s["headline"]["metric"]
+
+        def scored(k: int) -> dict[str, bool]:
+            j = runs[k].get("judges", {})
+            rows = [r for r in gens[k].values() if r.get("suite") == suite]
+            return outcomes(rows, metric, j.get("refusal", ""), j.get("harm"))
+
+        a = scored(ref)
+        for k in range(len(runs)):
+            if k != ref and suite in runs[k]["suites"]:
+                out.append({"suite": suite, "metric": metric, "a": labels[ref], "b": labels[k],
+                            "lower_is_better": s["headline"]["lower_is_better"], **paired_comparison(a, scored(k))})
+    return out
 
 
 def _fmt(st: dict | None) -> str:
@@ -100,7 +138,7 @@ def _fmt(st: dict | None) -> str:
     if "rate" in st:
         if st["rate"] is None:
             return "n=0"
-        return f"{st['rate']:.3f} [{st['lo']:.3f}, {st['hi']:.3f}] n={st['n']}"
+        return f"{st['rate']:.3f} [{st['lo']:.3f}, {st['hi']:.3f}] n={st.get('n_scored', st['n'])}"
     if st.get("mean") is None:
         return "n=0"
     return f"{st['mean']:.3f} [{st['lo']:.3f}, {st['hi']:.3f}] n={st['n']}"
@@ -127,6 +165,13 @@ def _tables(runs: list[dict], names: list[str]) -> list[tuple[str, list[str], li
                     + [_fmt(m["suites"].get(suite, {}).get("metrics", {}).get(metric)) for m in runs])
     tables.append(("Headline metrics (rate [95% Wilson interval]; means with bootstrap intervals)",
                    ["suite", "metric", "judge"] + names, rows))
+    paired = paired_rows([m["_dir"] for m in runs], names)
+    if paired:
+        tables.append(("Paired comparisons on shared prompts (exact McNemar test)",
+                       ["suite", "metric", "models", "n pairs", "rates", "only first / only second", "p"],
+                       [[p["suite"], METRIC_LABELS.get(p["metric"], p["metric"]), f"{p['a']} vs {p['b']}",
+                         p["n_pairs"], _rates(p), f"{p['a_only']} / {p['b_only']}", format_p(p["p_mcnemar"])]
+                        for p in paired]))
     for group, title in (("by_category", "Per category"), ("by_attack", "Per attack"),
                          ("by_attack_family", "Per attack family")):
         rows = []
@@ -142,6 +187,14 @@ def _tables(runs: list[dict], names: list[str]) -> list[tuple[str, list[str], li
         if rows:
             tables.append((f"{title}", ["suite", group.split("_", 1)[1].replace("_", " "), "metric"] + names, rows))
     return tables
+
+
+def _rates(p: dict) -> str:
+    return "-" if p["a_rate"] is None else f"{p['a_rate']:.3f} vs {p['b_rate']:.3f}"
+
+
+def format_p(p: float | None) -> str:
+    return "-" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def _main_metric(suite: str, runs: list[dict]) -> str | None:
@@ -302,10 +355,7 @@ def safe_trace(row: dict, refusal_judge: str, limit: int = 600) -> dict:
 
 def example_traces(runs: list[dict], per_suite: int = 2) -> dict[str, list[tuple[int, dict]]]:
     """A few prompt ids per suite (the same ids for every model where possible), with each model's trace."""
-    gens = []
-    for m in runs:
-        p = Path(m["_dir"]) / "generations.jsonl"
-        gens.append({r["id"]: r for r in read_jsonl(p, partial_last_line_ok=True)} if p.is_file() else {})
+    gens = _generations(runs)
     out: dict[str, list[tuple[int, dict]]] = {}
     for suite in dict.fromkeys(s for m in runs for s in m["suites"]):
         ids = [i for i, r in gens[0].items() if r.get("suite") == suite] if gens else []

@@ -282,11 +282,14 @@ def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
 
 
 def _print_headline(eval_dirs: list[Path], run_dir: Path, timings: dict) -> None:
-    """The headline numbers, one column per model: rate [95% interval] (k/n), with the judge named."""
+    """The headline numbers, one column per model: rate [95% interval] (k/n), with the judge named, and the
+    exact McNemar p-value of Rational against each other model on the same prompts."""
     from rich.console import Console
     from rich.table import Table
 
     rows = report.headline_rows(eval_dirs)
+    paired = {(p["suite"], p["metric"], p["b"]): p for p in report.paired_rows(eval_dirs)}
+    others = list(dict.fromkeys(p["b"] for p in paired.values()))
     names = list(dict.fromkeys(r["name"] for r in rows))
     keys = list(dict.fromkeys((r["suite"], r["metric"], r["judge"], r["lower_is_better"]) for r in rows))
     cell = {(r["name"], r["suite"], r["metric"]): r for r in rows}
@@ -295,6 +298,8 @@ def _print_headline(eval_dirs: list[Path], run_dir: Path, timings: dict) -> None
     table.add_column("metric (better)", overflow="fold")
     for n in names:
         table.add_column(n, overflow="fold")
+    for o in others:
+        table.add_column(f"p vs {o}", overflow="fold")
     table.add_column("judge")
     for suite, metric, judge, lower in keys:
         vals = []
@@ -302,9 +307,12 @@ def _print_headline(eval_dirs: list[Path], run_dir: Path, timings: dict) -> None
             r = cell.get((n, suite, metric))
             vals.append("-" if r is None or r["rate"] is None else
                         f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] ({r['k']}/{r['n']})")
-        table.add_row(suite, f"{metric} ({'lower' if lower else 'higher'})", *vals, str(judge))
+        ps = [report.format_p(paired[(suite, metric, o)]["p_mcnemar"]) if (suite, metric, o) in paired else "-"
+              for o in others]
+        table.add_row(suite, f"{metric} ({'lower' if lower else 'higher'})", *vals, *ps, str(judge))
     console = Console()
     console.print(table)
+    console.print("p: exact McNemar test on the prompts both models answered (paired).")
     console.print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     console.print(f"report: {run_dir / 'report' / 'report.html'}")
 
