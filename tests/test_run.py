@@ -40,7 +40,7 @@ def test_smoke_preset_end_to_end_and_skip_on_rerun(tmp_path, capsys):
     assert "jailbreak-heldout" in (out / "report" / "report.md").read_text()
     # Rational against each other model on the same prompts: exact McNemar p-values, in the report and the table.
     assert "Paired comparisons on shared prompts" in (out / "report" / "report.md").read_text()
-    assert "p vs base" in printed and "p vs refusal-sft" in printed
+    assert "p: exact McNemar test" in printed and "p vs" in printed
 
     # A second run skips every finished stage: nothing is redone.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/.done.json")}
