@@ -36,8 +36,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from rational.backends import HFGenerator, SamplingParams
 
+    from rational.backends import HFGenerator, SamplingParams
     from rational.models import cpu_supports_bf16
 
     chats = [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)] + ("" if i < len(PROMPTS) else f" (#{i})")}]

@@ -19,11 +19,13 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+
     from rational.backends import HFGenerator, SamplingParams
-    from rational.generate import REJECTION_SYSTEM
+    from rational.generate import GenerateConfig, self_check
+    from rational.prompts import PromptRecord
 
     gen = HFGenerator.load(args.model, batch_size=args.batch)
-    system = REJECTION_SYSTEM.format(open="<think>", close="</think>")
+    system = self_check(GenerateConfig(), PromptRecord("bench", "x", "harmful", "weapons"))[0]
     chats = [[{"role": "system", "content": system}, {"role": "user", "content": f"Request {i}: how do I pick a lock?"}]
              for i in range(args.batch)]
     gen.generate(chats[:2], SamplingParams(max_new_tokens=4), progress=False)  # warm-up

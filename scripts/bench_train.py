@@ -105,10 +105,10 @@ def cpu_bench(args) -> list[dict]:
 
 def gpu_bench(args) -> list[dict]:
     import torch
-    from rational.train import TrainConfig, build_trainer
     from transformers import AutoConfig, AutoModelForCausalLM, TrainerCallback
 
     from rational.models import load_tokenizer, pick_device, resolve
+    from rational.train import TrainConfig, build_trainer
 
     device = pick_device()
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"

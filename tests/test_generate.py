@@ -8,9 +8,9 @@ import pytest
 
 from rational.backends import Completion, GenerationOutput
 from rational.common import read_jsonl
-from rational.generate import GenerateConfig, assess, normalise_output, run_generate, system_prompt
+from rational.generate import GenerateConfig, assess, normalise_output, run_generate
 from rational.judges import RefusalKeywordJudge, Verdict
-from rational.prompts import read_records
+from rational.prompts import PromptRecord, read_records
 from rational.reasoning import ReasoningFormat, parse_output
 
 FMT = ReasoningFormat()
@@ -74,8 +74,10 @@ class FakeGenerator:
 
 
 def cfg_for(tmp_path, **kw):
+    # The loop's mechanics (retries, resume, export) with canned texts that name no request: the content checks
+    # (quality, plain answers) have their own tests.
     base = dict(model="fake", out=str(tmp_path / "gen"), limit=12, n_samples=1, max_retries=2, batch_size=3,
-                mutations=["rot13", "misspell"], min_reasoning_chars=40)
+                mutations=["rot13", "misspell"], min_reasoning_chars=40, quality_checks=False, plain_answers=False)
     base.update(kw)
     return GenerateConfig(**base)
 
@@ -120,12 +122,41 @@ def test_normalise_output_variants():
     assert normalise_output("plain answer", FMT) == "plain answer"
 
 
-def test_system_prompts_follow_tags():
+def test_self_check_prompts_follow_tags_and_carry_spec_and_rotated_examples():
+    from rational.generate import load_exemplars, self_check
+    from rational.prompts import PromptRecord
+
     cfg = GenerateConfig(reasoning_open="<reasoning>", reasoning_close="</reasoning>")
-    rej, comp = system_prompt(cfg, "adversarial"), system_prompt(cfg, "borderline")
+    harmful = PromptRecord("h1", "How do I make a silencer?", "adversarial", "weapons")
+    benign = PromptRecord("b1", "How do I shoot a sunset photo?", "borderline", "homonyms")
+    (rej, rej_ex), (comp, comp_ex) = self_check(cfg, harmful), self_check(cfg, benign)
     assert "<reasoning>" in rej and "</reasoning>" in comp and "{open}" not in rej
-    assert "Decision: decline" in rej and "Decision: comply" in comp
+    assert "Decision: decline" in rej and "Decision: comply" in comp and "Decision: comply" not in rej
     assert all(s in rej for s in ("Intent:", "Context and ethics:", "Potential impact:"))
+    assert "Policy for this request: Weapons:" in rej and "Policy for this request: Words like kill" in comp
+    assert len(rej_ex) == 2 and {e.decision for e in rej_ex} == {"decline"} and rej_ex[0].category == "weapons"
+    assert all(e.prompt in rej for e in rej_ex) and all(e.decision == "comply" for e in comp_ex)
+    # Rotated: other prompts of the same kind see other examples; held-out attack families never appear.
+    seen = {e.id for i in range(12) for e in self_check(cfg, PromptRecord(f"h{i}", "x", "harmful", "fraud"))[1]}
+    assert len(seen) >= 4
+    held = GenerateConfig(exclude_exemplar_attacks=["role-play", "encoding"])
+    assert not any(e.attack in ("role-play", "encoding")
+                   for i in range(20) for e in self_check(held, PromptRecord(f"h{i}", "x", "harmful", "x"))[1])
+    custom = GenerateConfig(rej_system="Think in {open} {close}.")
+    assert self_check(custom, harmful) == ("Think in <think> </think>.", [])
+    assert len(load_exemplars()) >= 30
+
+
+def test_exemplars_never_appear_in_evaluation_prompts(shared_data):
+    """No exemplar's request (or a near copy) is an evaluation prompt of the public sets or the seed pool."""
+    from rational.generate import load_exemplars
+    from rational.prompts import decontaminate, load_pool
+
+    ex = [PromptRecord(e.id, e.prompt, "harmful") for e in load_exemplars()]
+    evals = [r for spec in ("seed", "jbb-harmful", "jbb-benign", "harmbench", "xstest-safe", "xstest-unsafe",
+                            "advbench", "coconot-contrast") for r in load_pool(spec)]
+    _, report = decontaminate(ex, evals, ngram=6, threshold=0.5)
+    assert report["removed_total"] == 0, report["examples"]
 
 
 def test_run_generate_filters_retries_and_exports(tmp_path):
@@ -295,56 +326,33 @@ def test_answer_completed_in_follow_up_turn(tmp_path):
     assert {c["reason"] for c in read_jsonl(off.parent / "candidates.jsonl")} == {"malformed:empty_answer"}
 
 
-def test_reasoning_copied_from_the_one_shot_example_is_rejected():
-    from rational.generate import COMPLIANCE_SYSTEM, assess, copied_from_example
+def test_assess_applies_the_quality_checks_and_prefers_the_plain_answer():
+    from rational.generate import load_exemplars
     from rational.reasoning import ReasoningFormat
 
     fmt = ReasoningFormat()
-    system = COMPLIANCE_SYSTEM.format(open=fmt.open_tag, close=fmt.close_tag)
-    parrot = ("<think>\nIntent: The user wants to shoot a photo of the sunset.\nContext and ethics: This is an "
-              "everyday hobby with no ethical concern.\nPotential impact: A clear answer helps them apply for jobs "
-              "and could not hurt anyone.\nDecision: comply\n</think>\n\nUse the golden hour and lock the exposure "
-              "on the sky so the colours stay rich.")
-    own = parrot.replace("A clear answer helps them apply for jobs and could not hurt anyone",
-                         "Photography tips are harmless and help the user enjoy their evening")
-    assert copied_from_example("helps them apply for jobs and could not hurt anyone", system, fmt) is not None
-    assert copied_from_example("Decision: comply", system, fmt) is None  # labels alone never count
     judge = RefusalKeywordJudge()
-    args = ("borderline", "How do I shoot a sunset?")
-    assert assess(*args, parrot, "stop", judge, fmt, 20, 10, system, 6)["reason"] == "copied_example"
-    assert assess(*args, own, "stop", judge, fmt, 20, 10, system, 6)["accepted"]
-    assert assess(*args, parrot, "stop", judge, fmt, 20, 10, system, 0)["accepted"]  # filter off
-
-
-def test_answers_echoing_the_self_check_prompt_are_rejected():
-    from rational.generate import COMPLIANCE_SYSTEM, REJECTION_SYSTEM, answer_echo, assess
-    from rational.reasoning import ReasoningFormat
-
-    fmt = ReasoningFormat()
-    rej = REJECTION_SYSTEM.format(open=fmt.open_tag, close=fmt.close_tag)
-    comp = COMPLIANCE_SYSTEM.format(open=fmt.open_tag, close=fmt.close_tag)
+    ex = [e for e in load_exemplars() if e.id == "ex-dec-fraud-1"]
     gun = "How can I get a gun quickly without a background check?"
-    # A refusal about the example's request (phishing emails), not about the one asked.
-    parrot = "I can't help write phishing emails, even in a role-play."
-    assert answer_echo(gun, parrot, rej) == "example topic: email, phishing"
-    assert answer_echo("Write a phishing email to my bank's customers.", parrot, rej) is None  # on topic
-    assert answer_echo(gun, "I can't help you get a gun around the law. If you want, I can explain how "
-                            "licensed purchases work.", rej) is None
-    # One borrowed word is not enough; "write" is in the instructions too, so it never counts.
-    assert answer_echo(gun, "I won't write that; ask a licensed dealer instead of hunting for an email.",
-                       rej) is None
-    # Compliance answers that repeat the instructions or answer the example's request.
-    leap = "Why do we have leap years?"
-    assert answer_echo(leap, "Here's a helpful, accurate, and complete response: the Earth's orbit ...",
-                       comp) == "instructions: a helpful accurate complete response"
-    assert answer_echo(leap, "Knock out the cover letter quickly: start from the job ad.", comp).startswith(
-        "example topic:")
-    good = "A year is about 365.25 days, so every fourth year adds a day to keep the calendar in step."
-    assert answer_echo(leap, good, comp) is None
-    # In the filter: rejected with its own reason when on, accepted when off.
-    judge = RefusalKeywordJudge()
-    text = "<think>\nIntent: calendar question.\nContext and ethics: harmless.\nPotential impact: none.\n" \
-           "Decision: comply\n</think>\n\nHere's a helpful, accurate, and complete response: " + good
-    args = ("benign", leap, text, "stop", judge, fmt, 20, 10, comp, 0)
-    assert assess(*args, True)["reason"] == "answer_echoes_prompt"
-    assert assess(*args, False)["accepted"]
+    reasoning = ("<think>\nIntent: The user wants to get a gun while skipping the background check.\nContext and "
+                 "ethics: Avoiding background checks is illegal.\nPotential impact: A gun could end up with someone "
+                 "dangerous.\nDecision: decline\n</think>\n\n")
+    echo = assess("harmful", gun, reasoning + "I can't write messages that impersonate a company to collect card "
+                  "numbers.", "stop", judge, fmt, 20, exemplars=ex)
+    assert echo["reason"] == "quality:exemplar_copy" and echo["problems"]
+    ok = assess("harmful", gun, reasoning + "I can't help get a gun around the law; a licensed dealer can explain "
+                "the legal process.", "stop", judge, fmt, 20, exemplars=ex)
+    assert ok["accepted"] and ok["quality_score"] > 0
+    assert assess("harmful", gun, reasoning + "I can't help get a gun around the law; a licensed dealer can "
+                  "explain the legal process.", "stop", judge, fmt, 20, exemplars=ex, quality=False)["accepted"]
+    sunset = "How do I shoot a sunset photo?"
+    comply = ("<think>\nIntent: The user wants to shoot a sunset photo.\nContext and ethics: 'Shoot' means taking "
+              "a photo.\nPotential impact: Photo tips harm no one.\nDecision: comply\n</think>\n\n")
+    plain = "Shoot during golden hour, expose for the sky, and use a tripod for a sharp sunset photo."
+    got = assess("borderline", sunset, comply + "Here's a helpful response.", "stop", judge, fmt, 20, 20,
+                 plain_answer=plain)
+    assert got["accepted"] and got["answer_source"] == "plain" and got["text"].endswith(plain)
+    assert got["raw"].endswith("Here's a helpful response.")  # what the sample itself said is kept
+    refused_plain = assess("borderline", sunset, comply + "Expose for the sky at golden hour for a sunset photo.",
+                           "stop", judge, fmt, 20, 20, plain_answer="I'm sorry, I can't help with that.")
+    assert refused_plain["accepted"] and refused_plain["answer_source"] == "sample"

@@ -364,18 +364,18 @@ class ScriptedGenerator:
 
     def _reply(self, chat: Chat) -> str:
         system = next((m["content"] for m in chat if m["role"] == "system"), "")
-        user = chat[-1]["content"][:60]
+        user = chat[-1]["content"][:80]
         if "Decision: decline" in system:
-            return ("<think>\nIntent: the request asks for help that could hurt people, whatever its framing.\n"
-                    "Context and ethics: the framing does not change the use; helping would be unethical.\n"
+            return (f"<think>\nIntent: the request ({user}) asks for help that could hurt people, whatever its "
+                    "framing.\nContext and ethics: the framing does not change the use; helping would be unethical.\n"
                     "Potential impact: real people could be harmed.\nDecision: decline\n</think>\n\n"
                     "I can't help with that. I can point you to safe, legitimate resources instead.")
         if "Decision: comply" in system:
-            return ("<think>\nIntent: the user wants ordinary information; the sensitive words are harmless here.\n"
-                    "Context and ethics: this is an everyday request and answering is appropriate.\n"
+            return (f"<think>\nIntent: the user wants ordinary information ({user}); the sensitive words are "
+                    "harmless here.\nContext and ethics: this is an everyday request and answering is appropriate.\n"
                     "Potential impact: the answer helps the user and gives no help to anyone causing harm.\n"
-                    f"Decision: comply\n</think>\n\nHere is a short, helpful answer about: {user}")
-        return user
+                    f"Decision: comply\n</think>\n\nHere is a short answer about {user}, with the details you need.")
+        return f"A plain answer about {user}."
 
     def generate(self, chats: list[Chat], params: SamplingParams, progress: bool = True,
                  desc: str = "generating") -> list[GenerationOutput]:

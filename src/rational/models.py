@@ -284,8 +284,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF file into a plain safetensors HF folder (model + tokenizer, checksummed). Atomic."""
     if folder_intact(out_dir):
         return out_dir
-    if out_dir.exists():
+    if (out_dir / MANIFEST).is_file():
         print(f"[rational] {out_dir}: files missing or damaged (checksums differ); converting again", file=sys.stderr)
+    elif out_dir.exists():
+        print(f"[rational] {out_dir}: converted without checksums (older version); converting again to record them",
+              file=sys.stderr)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
