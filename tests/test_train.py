@@ -244,7 +244,7 @@ def test_balance_decisions_repeats_the_smaller_side(tmp_path):
     assert sum(k in ("harmful", "adversarial") for k in prep.kinds) == 3
     assert prep.records[:5] == plain.records  # originals first, in order
     assert all(r == plain.records[0] for r in prep.records[5:])  # repeats are copies of the comply record
-    assert prep.counts["balance"] == {"decline_before": 3, "comply_before": 1, "repeated": 2,
+    assert prep.counts["balance"] == {"comply_share": 0.5, "decline_before": 3, "comply_before": 1, "repeated": 2,
                                       "decline_after": 3, "comply_after": 3}
     # Remainder is a seeded sample without replacement: 2 decline + 5 comply -> each decline record once more,
     # plus one of them a second time, chosen by the seed.
@@ -255,6 +255,17 @@ def test_balance_decisions_repeats_the_smaller_side(tmp_path):
     reps = [r["i"] for r in out[7:]]
     assert len(reps) == 3 and set(reps) == {0, 1} and out == balance_decisions(recs, kinds, seed=1)[0]
     assert balance_decisions(recs[:2], kinds[:2])[2]["skipped"] == "one side is empty"
+
+
+def test_comply_share_sets_the_training_mix():
+    from rational.train import mix_decisions
+
+    kinds = ["harmful"] * 6 + ["benign"] * 2  # comply share 0.25 as it is
+    recs = [{"i": i} for i in range(8)]
+    for share, comply, decline in ((0.5, 6, 6), (0.75, 18, 6), (0.2, 2, 8)):
+        _, out_kinds, info = mix_decisions(recs, kinds, share, seed=0)
+        assert out_kinds.count("benign") == comply and out_kinds.count("harmful") == decline, share
+    assert mix_decisions(recs, kinds, 0.25)[2]["skipped"] == "already at that share"
 
 
 # ------------------------------------------------------------------------------------------ bad input

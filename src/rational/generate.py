@@ -585,9 +585,17 @@ def _plain_answers(gen, prompts: list[PromptRecord], plain: dict[str, str], writ
     outputs = gen().generate([[{"role": "user", "content": p.prompt}] for p in todo], params, progress=False)
     for p, o in zip(todo, outputs):
         c = o.completions[0]
-        text = c.text.strip() if c.finish_reason == "stop" else ""  # a cut-off answer is no answer to train on
+        text = c.text.strip() if c.finish_reason == "stop" else _whole_sentences(c.text)
         plain[p.id] = text
         writer.write({"id": p.id, "text": text, "finish_reason": c.finish_reason, "num_tokens": c.num_tokens})
+
+
+def _whole_sentences(text: str) -> str:
+    """A cut-off answer up to its last complete sentence or line (nothing when less than half of it survives):
+    training on a text that stops mid-word would teach the model to stop mid-word."""
+    text = text.strip()
+    cut = max(text.rfind(". "), text.rfind(".\n"), text.rfind("!\n"), text.rfind("?\n"), text.rfind("\n\n"))
+    return text[: cut + 1].strip() if cut >= len(text) // 2 else ""
 
 
 def _rejudge(candidates: list[dict], prompts: dict[str, PromptRecord], cfg: GenerateConfig, judge,

@@ -117,7 +117,11 @@ class TrainConfig:
     lr_scheduler_type: str = setting("cosine", "Learning-rate schedule (transformers' names).", same_on_resume=True)
     # At tiny data sizes the majority decision otherwise becomes the model's default answer (see BENCHMARKS.md).
     balance_decisions: bool = setting(False, "Repeat the smaller side (decline vs comply records), seeded, until "
-                                      "both are equal.", same_on_resume=True)
+                                      "both are equal (the same as comply_share 0.5).", same_on_resume=True)
+    comply_share: float | None = setting(None, "Share of comply records (benign look-alikes) in the training mix, "
+                                         "reached by repeating records of one side (seeded); the knob behind the "
+                                         "safety / over-refusal frontier. None: the data as it is.",
+                                         same_on_resume=True)
     weight_decay: float = setting(0.0, "AdamW weight decay.", same_on_resume=True)
     report_to: str = setting("none", "none | wandb | trackio | tensorboard; no network calls unless asked.")
     resume: bool = setting(False, "Continue from the last checkpoint in OUT/checkpoints (fresh start if none).")
@@ -145,6 +149,7 @@ class TrainConfig:
         check_range(self, "weight_decay", 0)
         check_range(self, "save_total_limit", 1, allow=(None,))
         check_range(self, "num_processes", 1, allow=(None,))
+        check_range(self, "comply_share", 0, 1, lo_open=True, hi_open=True, allow=(None,))
         check(not (self.merge and self.method != "lora"),
               "--merge applies to LoRA adapters; a full fine-tune is already a complete model in OUT/model")
         check(not ((self.packing or self.padding_free) and "flash" not in (self.attn_implementation or "")),
@@ -292,30 +297,44 @@ def prepare_records(cfg: TrainConfig) -> Prepared:
         records, kinds = out_records, out_kinds
         if not records:
             raise UserError(f"{cfg.data}: no record is left for baseline '{cfg.baseline}' (all answers empty)")
-    if cfg.balance_decisions:
-        records, kinds, counts["balance"] = balance_decisions(records, kinds, cfg.seed)
+    share = cfg.comply_share if cfg.comply_share is not None else (0.5 if cfg.balance_decisions else None)
+    if share is not None:
+        records, kinds, counts["balance"] = mix_decisions(records, kinds, share, cfg.seed)
     return Prepared(records, kinds, counts)
 
 
 def balance_decisions(records: list[dict], kinds: list[str], seed: int = 0) -> tuple[list[dict], list[str], dict]:
-    """Repeat records of the smaller decision side (decline vs comply) until both sides are equal.
+    """Repeat records of the smaller decision side (decline vs comply) until both sides are equal."""
+    return mix_decisions(records, kinds, 0.5, seed)
 
-    Records whose kind is neither (e.g. "unknown") are kept once and not counted. Whole copies first, then a
-    seeded sample without replacement for the remainder, so every minority record appears k or k+1 times.
-    The repeats are appended after the originals; the Trainer shuffles them.
+
+def mix_decisions(records: list[dict], kinds: list[str], comply_share: float, seed: int = 0
+                  ) -> tuple[list[dict], list[str], dict]:
+    """Repeat records of one decision side (decline vs comply) until comply records make up `comply_share` of both.
+
+    Only repeats, never drops, so every accepted rationale is trained on. Records whose kind is neither (e.g.
+    "unknown") are kept once and not counted. Whole copies first, then a seeded sample without replacement for the
+    remainder, so every repeated record appears k or k+1 times. Repeats are appended; the Trainer shuffles them.
     """
     decline = [i for i, k in enumerate(kinds) if k in DECLINE_KINDS]
     comply = [i for i, k in enumerate(kinds) if k in COMPLY_KINDS]
-    info = {"decline_before": len(decline), "comply_before": len(comply), "repeated": 0}
-    if not decline or not comply or len(decline) == len(comply):
-        info["skipped"] = "one side is empty" if not decline or not comply else "already balanced"
+    info = {"comply_share": comply_share, "decline_before": len(decline), "comply_before": len(comply), "repeated": 0}
+    if not decline or not comply:
+        info["skipped"] = "one side is empty"
         return records, kinds, info
-    small, big = (decline, comply) if len(decline) < len(comply) else (comply, decline)
-    need = len(big) - len(small)
-    extra = small * (need // len(small)) + random.Random(seed).sample(small, need % len(small))
+    # Grow the side that is short of its share: comply to share*(n_c+n_d)... solved for the side that grows.
+    want_comply = comply_share / (1 - comply_share) * len(decline)
+    if want_comply >= len(comply):
+        grow, need = comply, round(want_comply) - len(comply)
+    else:
+        grow, need = decline, round(len(comply) * (1 - comply_share) / comply_share) - len(decline)
+    if need <= 0:
+        info["skipped"] = "already at that share"
+        return records, kinds, info
+    extra = grow * (need // len(grow)) + random.Random(seed).sample(grow, need % len(grow))
     info["repeated"] = len(extra)
-    info["decline_after"] = info["decline_before"] + (len(extra) if small is decline else 0)
-    info["comply_after"] = info["comply_before"] + (len(extra) if small is comply else 0)
+    info["decline_after"] = info["decline_before"] + (len(extra) if grow is decline else 0)
+    info["comply_after"] = info["comply_before"] + (len(extra) if grow is comply else 0)
     return records + [records[i] for i in extra], kinds + [kinds[i] for i in extra], info
 
 
