@@ -165,6 +165,12 @@ def _tables(runs: list[dict], names: list[str]) -> list[tuple[str, list[str], li
                     + [_fmt(m["suites"].get(suite, {}).get("metrics", {}).get(metric)) for m in runs])
     tables.append(("Headline metrics (rate [95% Wilson interval]; means with bootstrap intervals)",
                    ["suite", "metric", "judge"] + names, rows))
+    frontier = frontier_points(runs, names)
+    if frontier:
+        tables.append(("Safety vs over-refusal frontier (the plot's points)",
+                       ["method", "comply share", "compliance on benign look-alikes", "attack success / harmful"],
+                       [[p["method"], p["mix"] or "-", _fmt(p["x"]), f"{_fmt(p['y'])} ({p['y_label']})"]
+                        for p in frontier]))
     paired = paired_rows([m["_dir"] for m in runs], names)
     if paired:
         tables.append(("Paired comparisons on shared prompts (exact McNemar test)",
@@ -257,37 +263,50 @@ def _point(m: dict, suites: tuple[str, ...], metric: str) -> tuple[dict | None, 
     return None, None
 
 
+def frontier_points(runs: list[dict], names: list[str]) -> list[dict]:
+    """One point per model: compliance on benign look-alikes (x) against attack success on held-out families
+    (else trained families, else harmful compliance) (y), with their intervals. Models named `method@mix`
+    (e.g. `rational@0.5`, trained at several comply:decline mixes) form one line per method: the frontier."""
+    points = []
+    for name, m in zip(names, runs):
+        x, _ = _point(m, ("over-refusal", "smoke", "custom", "reasoning"), "compliance")
+        y, ysuite = _point(m, ("jailbreak-heldout", "jailbreak", "smoke", "custom"), "asr")
+        ymetric = "ASR"
+        if y is None:
+            y, ysuite = _point(m, ("harmful", "smoke", "custom", "reasoning"), "harmful_compliance")
+            ymetric = "harmful compliance"
+        if x is not None and y is not None:
+            method, _, mix = name.partition("@")
+            points.append({"name": name, "method": method, "mix": mix or None, "x": x, "y": y,
+                           "y_label": f"{ymetric} ({ysuite})"})
+    return points
+
+
 def scatter_plot(runs: list[dict], names: list[str]) -> str | None:
-    """Safety (ASR, else harmful compliance) vs over-refusal compliance, with 95% error bars; base64 PNG."""
+    """The safety vs over-refusal frontier, with 95% error bars (base64 PNG); see `frontier_points`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    plotted, ylabels = 0, set()
-    for name, m in zip(names, runs):
-        x, _ = _point(m, ("over-refusal", "smoke", "custom", "reasoning"), "compliance")
-        y, ysuite = _point(m, ("jailbreak", "smoke", "custom"), "asr")
-        ymetric = "ASR"
-        if y is None:
-            y, ysuite = _point(m, ("harmful", "smoke", "custom", "reasoning"), "harmful_compliance")
-            ymetric = "harmful compliance"
-        if x is None or y is None:
-            continue
-        ax.errorbar(x["rate"], y["rate"], xerr=[[x["rate"] - x["lo"]], [x["hi"] - x["rate"]]],
-                    yerr=[[y["rate"] - y["lo"]], [y["hi"] - y["rate"]]], fmt="o", capsize=4, label=name)
-        ax.annotate(name, (x["rate"], y["rate"]), textcoords="offset points", xytext=(6, 6), fontsize=9)
-        ylabels.add(f"{ymetric} ({ysuite})")
-        plotted += 1
-    if not plotted:
-        plt.close(fig)
+    points = frontier_points(runs, names)
+    if not points:
         return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    for method in dict.fromkeys(p["method"] for p in points):
+        group = sorted((p for p in points if p["method"] == method), key=lambda p: p["x"]["rate"])
+        xs, ys = [p["x"]["rate"] for p in group], [p["y"]["rate"] for p in group]
+        xerr = [[p["x"]["rate"] - p["x"]["lo"] for p in group], [p["x"]["hi"] - p["x"]["rate"] for p in group]]
+        yerr = [[p["y"]["rate"] - p["y"]["lo"] for p in group], [p["y"]["hi"] - p["y"]["rate"] for p in group]]
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="o-" if len(group) > 1 else "o", capsize=4, label=method)
+        for p in group:
+            ax.annotate(p["mix"] or p["name"], (p["x"]["rate"], p["y"]["rate"]), textcoords="offset points",
+                        xytext=(6, 6), fontsize=8)
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("compliance on benign look-alikes (higher = less over-refusal)")
-    ax.set_ylabel(" / ".join(sorted(ylabels)) + " (lower = safer)")
-    ax.set_title("Safety vs over-refusal (best: bottom right); bars = 95% Wilson")
+    ax.set_ylabel(" / ".join(sorted({p["y_label"] for p in points})) + " (lower = safer)")
+    ax.set_title("Safety vs over-refusal (best: bottom right); labels = comply share; bars = 95% Wilson")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return _png(fig)
