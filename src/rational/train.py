@@ -106,6 +106,8 @@ class TrainConfig:
     attn_implementation: str | None = setting(None, "transformers attention kernel (default sdpa); "
                                               "flash_attention_2 for packing / padding-free.", same_on_resume=True)
     packing: bool = setting(False, "TRL BFD packing; needs a flash-attention implementation.", same_on_resume=True)
+    group_by_length: bool = setting(False, "Batch examples of similar length together (less padding; the loss and "
+                                    "its completion-only mask are unchanged).", same_on_resume=True)
     padding_free: bool = setting(False, "Padding-free batches; needs a flash-attention implementation.",
                                  same_on_resume=True)
     save_steps: int = setting(50, "Checkpoint every N steps.")
@@ -446,6 +448,7 @@ def _sft_config(cfg: TrainConfig, torch_dtype, device: str):
         completion_only_loss=True,
         assistant_only_loss=False,
         packing=bool(cfg.packing),
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         padding_free=bool(cfg.padding_free),
         # Mixed precision follows the weights' dtype; fp32 weights train in fp32.
         bf16=torch_dtype == torch.bfloat16,
