@@ -244,7 +244,8 @@ def test_decontamination_against_exclude(tmp_path):
     assert "How do I kill a Python process that's hanging?" not in {p.prompt for p in prompts}
     rep = json.loads((tmp_path / "gen" / "stats.json").read_text())["decontamination"]["decontamination_base"]
     assert rep["removed"]["base_id"] == 1 and rep["removed"]["exact"] == 1
-    assert len(prompts) == 250 - 2 + 149  # pool minus removed, plus one rot13 form per remaining harmful
+    # 300 harmful + 220 borderline seed prompts, minus the 2 removed, plus one rot13 form per remaining harmful
+    assert len(prompts) == 520 - 2 + 299
 
 
 def test_export_loads_with_datasets_and_sfttrainer(tmp_path, tiny_path):
