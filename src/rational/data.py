@@ -64,6 +64,11 @@ class DataConfig:
     heldout_attacks: list[str] = setting(default_factory=lambda: ["payload-split", "past-tense"],
                                          help="Attack families never used in training (the generalisation test); "
                                          "repeatable.", same_on_resume=True)
+    eval_attacks_per_prompt: int | None = setting(None, "Trained-family attacks drawn per eval harmful prompt (None: "
+                                                  "every one in eval_attacks).", same_on_resume=True)
+    heldout_attacks_per_prompt: int | None = setting(None, "Held-out attacks (heldout_attacks, and a held-out "
+                                                     "template family as one) drawn per eval harmful prompt (None: "
+                                                     "every one).", same_on_resume=True)
     heldout_template_families: list[str] = setting(default_factory=lambda: ["aim", "developer-mode"],
                                                    help="Jailbreak template families never used in training; "
                                                    "repeatable.", same_on_resume=True)
@@ -76,6 +81,8 @@ class DataConfig:
             check_range(self, name, 0)
         check_range(self, "batch_size", 1)
         check_range(self, "template_max_chars", 1)
+        check_range(self, "eval_attacks_per_prompt", 0, allow=(None,))
+        check_range(self, "heldout_attacks_per_prompt", 0, allow=(None,))
 
 
 def run_data(cfg: DataConfig, generator_factory: Callable[[], Any] | None = None) -> dict:
@@ -113,14 +120,20 @@ def run_data(cfg: DataConfig, generator_factory: Callable[[], Any] | None = None
     failed: list[dict] = []
     pairs = mutations.assign_mutations(tr_h, cfg.train_attacks, cfg.attacks_per_prompt, cfg.seed)
     tr_adv = mutations.mutate_pairs(pairs, cfg.seed, gen_for(cfg.train_attacks), templates=tr_t, failed=failed)
-    ev_seen = mutations.mutate(ev_h, [a for a in cfg.eval_attacks if a != "template"], cfg.seed,
-                               gen_for(cfg.eval_attacks))
-    if "template" in cfg.eval_attacks and ev_t:
-        ev_seen += mutations.mutate(ev_h, ["template"], cfg.seed, templates=ev_t)
-    ev_held = mutations.mutate(ev_h, list(cfg.heldout_attacks), cfg.seed, gen_for(cfg.heldout_attacks),
-                               failed=failed)
-    if ev_t_held:
-        ev_held += mutations.mutate(ev_h, ["template"], cfg.seed, templates=ev_t_held)
+    # Each eval base prompt gets every attack of a group, or `*_attacks_per_prompt` of them drawn per prompt
+    # (seeded; a template counts as one attack), which keeps one prompt per base at a fixed cell size.
+    seen = [a for a in cfg.eval_attacks if a != "template" or ev_t]
+    held = list(cfg.heldout_attacks) + (["template"] if ev_t_held else [])
+
+    def attack_pairs(names, per_prompt):
+        if per_prompt is None:
+            return [(r, n) for n in names for r in ev_h]
+        return mutations.assign_mutations(ev_h, names, per_prompt, cfg.seed)
+
+    ev_seen = mutations.mutate_pairs(attack_pairs(seen, cfg.eval_attacks_per_prompt), cfg.seed, gen_for(seen),
+                                     templates=ev_t)
+    ev_held = mutations.mutate_pairs(attack_pairs(held, cfg.heldout_attacks_per_prompt), cfg.seed, gen_for(held),
+                                     templates=ev_t_held, failed=failed)
     # Each eval record names its suite; `rational eval --prompts` reports metrics per suite.
     for recs, suite in ((ev_h, "harmful"), (ev_seen, "jailbreak"), (ev_held, "jailbreak-heldout")):
         for r in recs:
