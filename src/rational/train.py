@@ -1,5 +1,9 @@
 """`rational train`: supervised fine-tuning on safety rationales with TRL (LoRA or full), plus baselines.
 
+Also DPO after SFT (`--method dpo`: TRL's DPOTrainer, dpo.py) and the circuit-breaker baseline (`--baseline
+circuit-breakers`: representation rerouting, circuit_breakers.py); this module runs them like SFT (checks, resume,
+artifacts, metrics) and builds their trainers in `build_trainer`.
+
 What happens, in order (`run_train`):
 
 1. **Read and check the data** (`load_records`). `sft.jsonl` holds conversational prompt-completion records::
@@ -71,11 +75,11 @@ COMPLY_KINDS = frozenset({"benign", "borderline", "safe"})
 # The fixed target used by refusal-sft when a harmful/adversarial record has no usable plain answer.
 PLAIN_REFUSAL = "I'm sorry, but I can't help with that request."
 PROFILES = ("single_gpu", "ddp", "fsdp2", "zero3")
+PROFILE_ALIASES = {"multi_gpu": "ddp", "fsdp": "fsdp2", "deepspeed": "zero3"}
 # What train_metrics.json keeps of each logging step: SFT's, then DPO's (TRL's names), then circuit breakers'.
 CURVE_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "mean_token_accuracy", "num_tokens",
               "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
               "logps/rejected", "reroute_loss", "retain_loss", "reroute_coef", "retain_coef", "reroute_cos")
-PROFILE_ALIASES = {"multi_gpu": "ddp", "fsdp": "fsdp2", "deepspeed": "zero3"}
 
 
 @dataclass
@@ -700,9 +704,14 @@ def _check_out(cfg: TrainConfig) -> None:
                         "or --overwrite to start over")
 
 
+def _inputs(cfg: TrainConfig) -> list[Path | str]:
+    """The files a run's result depends on: the data, and for DPO the SFT adapter it starts from."""
+    return [cfg.data] + ([Path(cfg.init_adapter) / "adapter_model.safetensors"] if cfg.init_adapter else [])
+
+
 def _check_same_run(cfg: TrainConfig, what: str) -> None:
     """Continuing (or skipping) a run in OUT is only right when OUT was made with the same settings and data."""
-    diff = resume_difference(cfg.out, cfg, input_hashes([cfg.data]))
+    diff = resume_difference(cfg.out, cfg, input_hashes(_inputs(cfg)))
     if diff:
         raise UserError(f"{cfg.out}: holds {what} with {diff.text}; use the same settings to resume, "
                         "--overwrite to start over, or another --out")
@@ -759,7 +768,7 @@ def _run_train(cfg: TrainConfig) -> Path:
             _clean_out(cfg)  # manual `accelerate launch`: rank 0 cleans while the others wait below
         shutil.rmtree(partial, ignore_errors=True)
         Path(out).mkdir(parents=True, exist_ok=True)
-        record_provenance(out, cfg, input_hashes([cfg.data]))
+        record_provenance(out, cfg, input_hashes(_inputs(cfg)))
     acc.wait_for_everyone()
 
     resume_from = _last_checkpoint(out) if cfg.resume else None
