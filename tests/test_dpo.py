@@ -169,8 +169,8 @@ GOOD = json.dumps(_pair(*PAIRS[0]))
     ([GOOD, "{not json"], r"pairs.jsonl:2: not valid JSON"),
     ([], r"pairs.jsonl: no pairs in the file"),
     ([json.dumps({"prompt": "hi", "chosen": [], "rejected": "b"})], r"pairs.jsonl:1: column 'chosen' must be"),
-    ([json.dumps(_pair("hi", "benign", PAIRS[0][2], PAIRS[0][2]))], r"pairs.jsonl:1: 'chosen' and 'rejected' are "
-                                                                     "identical"),
+    ([json.dumps(_pair("hi", "benign", PAIRS[0][2], PAIRS[0][2]))],
+     r"pairs.jsonl:1: 'chosen' and 'rejected' are identical"),
     ([json.dumps({"prompt": [{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}],
                   "chosen": PAIRS[0][2], "rejected": "b"})], r"pairs.jsonl:1: prompt has a system message"),
     ([json.dumps(_pair("hi", "benign", "no reasoning here", "b"))],
