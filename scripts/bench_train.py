@@ -5,6 +5,11 @@ CPU (default): the embedded default model (qwen2.5-coder-0.5b-instruct), LoRA r=
 
     .venv/bin/python scripts/bench_train.py --steps 4
 
+`--method dpo` / `--method circuit-breakers` time those trainings instead (CPU mode) on the same records: DPO pairs
+whose rejected side is the chosen one with its decision flipped and its sentences reversed (same length), and
+circuit-breaker batches that pair each record as a rerouted and as a retained conversation. Each of their examples
+is two sequences (chosen + rejected, or reroute + retain) plus a reference / frozen forward pass without gradients.
+
 GPU (`--gpu`): random-init weights built from the public configs of Qwen2.5-0.5B and Llama-3-8B (weights do not
 change speed), LoRA bf16 with gradient checkpointing, every sequence exactly --seq tokens; reports tokens/s and
 model FLOPs utilisation MFU = 6 * params * tokens/s / peak bf16 FLOPs (the usual 6ND convention; LoRA skips the
@@ -77,25 +82,43 @@ def write_jsonl(records, path: Path) -> Path:
     return path
 
 
+def method_records(records: list[dict], method: str) -> tuple[list[dict], list[str]]:
+    """The benchmark records in the format of `method`, and the `rational train` flags that select it."""
+    if method == "dpo":
+        def flipped(text: str) -> str:
+            reasoning, answer = text.replace("Decision: comply", "Decision: decline").split("</think>")
+            return reasoning + "</think>\n\n" + " ".join(reversed(answer.strip().split(". ")))
+
+        return [{"prompt": r["prompt"], "chosen": r["completion"], "meta": r["meta"],
+                 "rejected": [{"role": "assistant", "content": flipped(r["completion"][0]["content"])}]}
+                for r in records], ["--method", "dpo", "--learning-rate", "5e-6"]
+    if method == "circuit-breakers":
+        return [{**r, "meta": {**r["meta"], "set": s}} for r in records for s in ("reroute", "retain")], [
+            "--baseline", "circuit-breakers", "--learning-rate", "1e-4"]
+    return records, ["--learning-rate", "2e-4"]
+
+
 def cpu_bench(args) -> list[dict]:
     from rational.models import load_tokenizer, resolve
 
     tok = load_tokenizer(resolve(args.model))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_jsonl(make_records(tok, args.batch * args.steps, args.tokens), Path(tmp) / "sft.jsonl")
+        records, flags = method_records(make_records(tok, args.batch * args.steps, args.tokens), args.method)
+        data = write_jsonl(records, Path(tmp) / "data.jsonl")
         for dtype in args.dtypes:
             out = Path(tmp) / f"out-{dtype}"
             cmd = [sys.executable, "-m", "rational.cli", "train", "--model", args.model, "--data", str(data),
                    "--out", str(out), "--max-steps", str(args.steps), "--per-device-train-batch-size", str(args.batch),
                    "--gradient-accumulation-steps", "1", "--max-length", str(args.max_length), "--dtype", dtype,
-                   "--save-steps", "100000", "--learning-rate", "2e-4"]
+                   "--save-steps", "100000", *flags]
             t0 = time.time()
             subprocess.run(cmd, check=True, capture_output=not args.verbose)
             m = json.loads((out / "train_metrics.json").read_text())
             steps = m["global_step"]
-            rows.append({"mode": "cpu", "model": args.model, "method": "lora r=16", "dtype": dtype,
-                         "batch": args.batch, "tokens_per_example": m["counts"]["tokens_per_epoch"] // steps // args.batch,
+            rows.append({"mode": "cpu", "model": args.model, "method": f"{args.method}, lora r=16", "dtype": dtype,
+                         "batch": args.batch, "sequences_per_step": args.batch * (1 if args.method == "sft" else 2),
+                         "tokens_per_sequence": m["counts"]["tokens_per_epoch"] // m["counts"]["examples"],
                          "steps": steps, "s_per_step": round(m["train_runtime_s"] / steps, 2),
                          "train_tokens_per_s": m["train_tokens_per_s"], "peak_rss_mb": m["peak_rss_mb"],
                          "process_wall_s": round(time.time() - t0, 1), "threads": os.cpu_count()})
@@ -164,6 +187,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--gpu", action="store_true", help="GPU mode: random-init 0.5B and 8B shapes, tokens/s and MFU")
     p.add_argument("--model", default="qwen2.5-coder-0.5b-instruct", help="CPU mode: model spec")
+    p.add_argument("--method", default="sft", choices=["sft", "dpo", "circuit-breakers"], help="CPU mode: what to "
+                   "train (examples of dpo and circuit-breakers are two sequences each)")
     p.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], help="CPU mode: dtypes to compare")
     p.add_argument("--tokens", type=int, default=300, help="CPU mode: tokens per example")
     p.add_argument("--max-length", type=int, default=768, help="CPU mode: max_length")

@@ -75,7 +75,8 @@ def child(args) -> None:
     trainer.add_callback(Clock())
     profile = None
     if args.profile:
-        from torch.profiler import ProfilerActivity, profile as torch_profile, schedule
+        from torch.profiler import ProfilerActivity, schedule
+        from torch.profiler import profile as torch_profile
 
         profile = torch_profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=1, warmup=0, active=2))
 

@@ -20,6 +20,13 @@ def test_smoke_preset_end_to_end_and_skip_on_rerun(tmp_path, capsys):
     for stage in ("data", "generate", "train-rational", "train-refusal-sft", "eval-base", "eval-refusal-sft",
                   "eval-rational", "report"):
         assert (out / stage / ".done.json").is_file(), stage
+    # The smoke preset also runs DPO after SFT and the circuit-breaker baseline (plumbing only).
+    for stage in ("pairs", "train-circuit-breakers", "train-rational+dpo", "train-refusal-sft+dpo",
+                  "eval-circuit-breakers", "eval-rational+dpo", "eval-refusal-sft+dpo"):
+        assert (out / stage / ".done.json").is_file(), stage
+    dpo_config = json.loads((out / "train-refusal-sft+dpo" / "train_metrics.json").read_text())["config"]
+    assert dpo_config["init_adapter"] == str(out / "train-refusal-sft" / "adapter")
+    assert dpo_config["baseline"] == "refusal-sft" and dpo_config["data"] == str(out / "pairs" / "pairs.jsonl")
     train = [json.loads(l) for l in (out / "data" / "train_prompts.jsonl").read_text().splitlines()]
     evals = [json.loads(l) for l in (out / "data" / "eval_prompts.jsonl").read_text().splitlines()]
     # Disjoint by base prompt and by template; held-out attacks never appear in training.
@@ -31,6 +38,7 @@ def test_smoke_preset_end_to_end_and_skip_on_rerun(tmp_path, capsys):
                                                     "capability"}
     html = (out / "report" / "report.html").read_text()
     assert "rational" in html and "refusal-sft" in html and "base" in html
+    assert "circuit-breakers" in html and "rational+dpo" in html and "refusal-sft+dpo" in html
     metrics = json.loads((out / "eval-rational" / "metrics.json").read_text())
     assert {"harmful", "jailbreak", "jailbreak-heldout", "over-refusal", "capability"} <= set(metrics["suites"])
     run_meta = json.loads((out / "run.json").read_text())
@@ -66,7 +74,7 @@ def test_failed_stage_is_one_line_and_resume_redoes_nothing(tmp_path, monkeypatc
     assert last.startswith("error: stage train-rational failed") and "error.log" in last
     assert "Traceback" not in err
     done_before = {p: p.stat().st_mtime_ns for p in out.glob("*/.done.json")}
-    assert {p.parent.name for p in done_before} == {"data", "generate"}
+    assert {p.parent.name for p in done_before} == {"data", "generate", "pairs"}
 
     monkeypatch.setattr(training, "run_train", real)
     _run(out)

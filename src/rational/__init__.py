@@ -6,7 +6,9 @@ One module per stage, named like its command; stages talk through documented JSO
     command               module        config          writes
     rational data         data.py       DataConfig      train_prompts.jsonl, eval_prompts.jsonl, split.json
     rational generate     generate.py   GenerateConfig  prompts.jsonl, candidates.jsonl, sft.jsonl, stats.json
+    rational pairs        pairs.py      PairsConfig     pairs.jsonl, circuit_breakers.jsonl, samples.jsonl, stats.json
     rational train        train.py      TrainConfig     adapter/ (or model/), train_metrics.json, checkpoints/
+                          (dpo.py: --method dpo; circuit_breakers.py: --baseline circuit-breakers)
     rational eval         eval.py       EvalConfig      generations.jsonl, metrics.json
     rational report       report.py     ReportConfig    report.html, report.md
     rational run          run.py        RunConfig       runs/NAME/<stage>/ for every stage above, run.json

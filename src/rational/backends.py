@@ -65,6 +65,14 @@ class Generator(Protocol):
                  desc: str = "generating") -> list[GenerationOutput]: ...
 
 
+def chat_ids(tokenizer, chat: Chat) -> list[int]:
+    """Token ids of a chat, ready for generation. A chat that ends with an assistant message is a prefill: the
+    model continues that message instead of starting a new turn (`rational pairs` uses it)."""
+    prefill = chat[-1]["role"] == "assistant"
+    return list(tokenizer.apply_chat_template(chat, add_generation_prompt=not prefill, continue_final_message=prefill,
+                                              tokenize=True, return_dict=False))
+
+
 def _apply_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     cut = min((i for i in (text.find(s) for s in stop) if i != -1), default=-1)
     return (text[:cut], True) if cut != -1 else (text, False)
@@ -147,8 +155,7 @@ class HFGenerator:
         return cls(model, tok, batch_size=batch_size, model_name=spec)
 
     def encode(self, chat: Chat) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
-        return list(ids)
+        return chat_ids(self.tokenizer, chat)
 
     @property
     def context_length(self) -> int | None:
@@ -254,8 +261,7 @@ class VLLMGenerator:
         from vllm import TokensPrompt
 
         # Template ourselves so generation and training format chats identically.
-        prompts = [TokensPrompt(prompt_token_ids=list(self.tokenizer.apply_chat_template(
-            c, add_generation_prompt=True, tokenize=True, return_dict=False))) for c in chats]
+        prompts = [TokensPrompt(prompt_token_ids=chat_ids(self.tokenizer, c)) for c in chats]
         sp = VSP(n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
                  seed=params.seed, stop=params.stop or None)
         lora = None
@@ -364,7 +370,9 @@ class ScriptedGenerator:
 
     def _reply(self, chat: Chat) -> str:
         system = next((m["content"] for m in chat if m["role"] == "system"), "")
-        user = chat[-1]["content"][:80]
+        user = next(m["content"] for m in reversed(chat) if m["role"] == "user")[:80]
+        if chat[-1]["role"] == "assistant":  # a prefill: continue it with harmless filler
+            return " a placeholder continuation written by the scripted stand-in."
         if "Decision: decline" in system:
             return (f"<think>\nIntent: the request ({user}) asks for help that could hurt people, whatever its "
                     "framing.\nContext and ethics: the framing does not change the use; helping would be unethical.\n"

@@ -24,6 +24,7 @@ from .eval import EvalConfig, eval_command
 from .generate import GenerateConfig, generate_command
 from .judges import JudgeCheckConfig, judge_check_command
 from .models import models_command
+from .pairs import PairsConfig, pairs_command
 from .report import ReportConfig, report_command
 from .run import RunConfig, move_legacy_keys, preset_paths, run_command
 from .serve import ServeConfig, run_serve
@@ -43,8 +44,10 @@ COMMANDS = {
              "prompt, template and attack family)."),
     "generate": (GenerateConfig, "generate", generate_command, "Self-generate and filter safety rationales; "
                  "write sft.jsonl."),
-    "train": (TrainConfig, "train", train_command, "SFT (LoRA or full) on rationales with TRL; refusal-sft "
-              "baseline."),
+    "pairs": (PairsConfig, "pairs", pairs_command, "Preference pairs (for --method dpo) and circuit-breaker data "
+              "from a generate run and the model's own answers."),
+    "train": (TrainConfig, "train", train_command, "SFT (LoRA or full) on rationales with TRL, DPO on pairs; "
+              "refusal-sft and circuit-breakers baselines."),
     "eval": (EvalConfig, "eval", eval_command, "Evaluate a model on safety / over-refusal / capability suites."),
     "report": (ReportConfig, "report", report_command, "Compare evaluated models in report.html / report.md."),
     "run": (RunConfig, "run", run_command, "The whole pipeline: data -> generate -> train -> eval -> report "

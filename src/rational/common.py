@@ -86,6 +86,34 @@ def read_jsonl(path: str | Path, partial_last_line_ok: bool = False) -> list[dic
     return out
 
 
+def append_jsonl(path: str | Path, records: Iterable[dict]) -> None:
+    """Append records to a JSONL log with a flush + fsync, so an interruption never loses a written line.
+
+    A run killed mid-line leaves a partial last line; it is cut off before anything is appended.
+    """
+    path = Path(path)
+    if path.exists():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            path.write_bytes(data[: data.rfind(b"\n") + 1])
+    with path.open("a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def as_messages(value: Any, role: str) -> list[dict[str, str]] | None:
+    """A chat (list of {role, content}) as is, or a plain string wrapped as one `role` message; None if neither."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and value and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    ):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    return None
+
+
 def read_text(path: str | Path) -> str:
     """A UTF-8 text file; anything else (binary, Latin-1) is a one-line error naming the file."""
     try:

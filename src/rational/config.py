@@ -47,7 +47,9 @@ from .errors import UserError
 
 # Top-level keys every stage may read from a recipe, besides its own section.
 SHARED_KEYS = ("model", "seed", "backend", "dtype", "reasoning_open", "reasoning_close")
-SECTIONS = ("data", "generate", "train", "eval", "run", "report", "chat", "judge-check", "serve")
+# `dpo` and `circuit-breakers` are TrainConfig sections too: the train stages of `rational run` that use them.
+SECTIONS = ("data", "generate", "pairs", "train", "dpo", "circuit-breakers", "eval", "run", "report", "chat",
+            "judge-check", "serve")
 
 
 # ------------------------------------------------------------------------------------------- fields

@@ -129,7 +129,11 @@ def pick_exemplars(record: PromptRecord, pool: tuple[Exemplar, ...], k: int, see
     """`k` worked examples with the decision this prompt needs, rotated per prompt (seeded): one from the prompt's
     own category when there is one, the rest from other categories, never of an attack held out of training."""
     want = "decline" if record.kind in REJECT_KINDS else "comply"
-    cands = [e for e in pool if e.decision == want and not any(a in (e.attack or "") for a in exclude_attacks)]
+    def held_out(e: Exemplar) -> bool:  # "misspell" also excludes "misspelling", "roleplay" "role-play"
+        attack = (e.attack or "").replace("-", "")
+        return bool(attack) and any(a.replace("-", "") in attack for a in exclude_attacks)
+
+    cands = [e for e in pool if e.decision == want and not held_out(e)]
     ranked = hash_take(cands, len(cands), seed, key=lambda e: f"{record.id}|{e.id}")
     same = [e for e in ranked if e.category == record.category][:1]
     return same + [e for e in ranked if e not in same][: max(0, k - len(same))]

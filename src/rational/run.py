@@ -39,6 +39,8 @@ from .errors import UserError
 from .eval import EvalConfig, run_eval
 from .generate import GenerateConfig, run_generate
 from .models import DEFAULT_MODEL
+from .mutations import MUTATIONS
+from .pairs import PairsConfig, run_pairs
 from .train import TrainConfig, run_train
 
 PRESETS = {
@@ -47,9 +49,40 @@ PRESETS = {
     "paper-llama3-8b": "paper-llama3-8b.yaml",
     "paper-mistral-7b": "paper-mistral-7b.yaml",
 }
-STAGES = ("data", "generate", "train-rational", "train-refusal-sft", "eval-base", "eval-refusal-sft",
-          "eval-rational", "report")
-BASELINES = ("refusal-sft",)
+STAGES = ("data", "generate", "pairs", "train-rational", "train-refusal-sft", "train-circuit-breakers",
+          "train-rational+dpo", "train-refusal-sft+dpo", "eval-base", "eval-rational", "eval-refusal-sft",
+          "eval-circuit-breakers", "eval-rational+dpo", "eval-refusal-sft+dpo", "report")
+BASELINES = ("refusal-sft", "circuit-breakers")
+
+# ------------------------------------------------------------------ fine-tuned models (dpo and circuit breakers)
+# name -> (recipe section of its TrainConfig, the values the run sets), in the order they train and are reported.
+# Circuit breakers and DPO train on what the pairs stage writes; DPO starts from the SFT adapter it names. Every
+# model is evaluated on the same prompts.
+MODELS = {
+    "rational": ("train", {"data": "generate/sft.jsonl"}),
+    "refusal-sft": ("train", {"data": "generate/sft.jsonl", "baseline": "refusal-sft"}),
+    "circuit-breakers": ("circuit-breakers", {"data": "pairs/circuit_breakers.jsonl",
+                                              "baseline": "circuit-breakers"}),
+    "rational+dpo": ("dpo", {"data": "pairs/pairs.jsonl", "method": "dpo",
+                             "init_adapter": "train-rational/adapter"}),
+    "refusal-sft+dpo": ("dpo", {"data": "pairs/pairs.jsonl", "method": "dpo", "baseline": "refusal-sft",
+                                "init_adapter": "train-refusal-sft/adapter"}),
+}
+
+
+def run_models(cfg: RunConfig) -> list[str]:
+    """The fine-tuned models this run trains and evaluates (DPO on top of Rational and of refusal-sft)."""
+    wanted = {"rational", *cfg.baselines}
+    if cfg.dpo:
+        wanted |= {f"{m}+dpo" for m in wanted & {"rational", "refusal-sft"}}
+    return [m for m in MODELS if m in wanted]
+
+
+def train_config(recipe: Recipe, name: str, run_dir: Path, shared: dict) -> TrainConfig:
+    section, values = MODELS[name]
+    values = {k: str(run_dir / v) if k in ("data", "init_adapter") else v for k, v in values.items()}
+    return recipe.build(TrainConfig, section, {**shared, **values, "out": str(run_dir / f"train-{name}"),
+                                               "resume": (run_dir / f"train-{name}" / "checkpoints").is_dir() or None})
 
 
 def recipes_dir() -> Path:
@@ -77,6 +110,8 @@ class RunConfig:
     dtype: str = setting("auto", "auto | float32 | bfloat16 | float16.")
     baselines: list[str] = setting(default_factory=lambda: ["refusal-sft"], help="Baselines trained and evaluated "
                                    f"beside Rational: {', '.join(BASELINES)}; repeatable.")
+    dpo: bool = setting(False, "Also run DPO on the model's own preference pairs (`pairs` stage, recipe section "
+                        "`dpo:`) on top of Rational and of refusal-sft, and evaluate rational+dpo, refusal-sft+dpo.")
     stage_estimates: dict = setting(default_factory=dict, help="Stage -> expected seconds, for the progress "
                                     "display's time-left estimate (YAML mapping).")
     overwrite: bool = setting(False, "Delete the run folder's stages and start over (otherwise finished stages "
@@ -200,7 +235,10 @@ def run_pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
 
 
 def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
-    stages = [s for s in STAGES if "refusal-sft" in cfg.baselines or not s.endswith("refusal-sft")]
+    models = run_models(cfg)
+    with_pairs = cfg.dpo or "circuit-breakers" in cfg.baselines
+    stages = [s for s in STAGES if s in ("data", "generate", "eval-base", "report") or (s == "pairs" and with_pairs)
+              or s.split("-", 1)[1] in models]
     if cfg.overwrite:
         clear_outputs(run_dir, [*STAGES, "run.json", "run_config.yaml"])
     runner = Runner(run_dir, stages, cfg.stage_estimates)
@@ -213,16 +251,18 @@ def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
         "exclude": [str(data_dir / "eval_prompts.jsonl")]})
     data_cfg = recipe.build(DataConfig, "data", {**shared, "out": str(data_dir), "backend": cfg.backend,
                                                  "dtype": cfg.dtype, "batch_size": gcfg.batch_size})
-    train_cfgs = {name: recipe.build(TrainConfig, "train", {
-        **shared, "data": str(gen_dir / "sft.jsonl"), "out": str(run_dir / f"train-{name}"), "baseline": baseline,
-        "dtype": cfg.dtype, "resume": (run_dir / f"train-{name}" / "checkpoints").is_dir() or None})
-        for name, baseline in (("rational", None), ("refusal-sft", "refusal-sft"))}
+    # Worked examples of attack families held out of training stay out of the generation prompts too.
+    held = set(data_cfg.heldout_attacks) | set(data_cfg.heldout_template_families) | {
+        MUTATIONS[a].family for a in data_cfg.heldout_attacks if a in MUTATIONS}
+    gcfg = dataclasses.replace(gcfg, exclude_exemplar_attacks=sorted(set(gcfg.exclude_exemplar_attacks) | held))
+    pairs_cfg = recipe.build(PairsConfig, "pairs", {**shared, "generate": str(gen_dir), "out": str(run_dir / "pairs")})
+    train_cfgs = {name: train_config(recipe, name, run_dir, {**shared, "dtype": cfg.dtype}) for name in models}
     adapters = {"base": None, **{name: run_dir / f"train-{name}" / "adapter" for name in train_cfgs}}
     eval_cfgs = {name: recipe.build(EvalConfig, "eval", {
         **shared, "adapter": str(adapter) if adapter else None, "out": str(run_dir / f"eval-{name}"),
         "prompts": str(data_dir / "eval_prompts.jsonl"), "suites": [], "name": name, "backend": cfg.backend,
         "dtype": cfg.dtype, "exclude_train": str(gen_dir / "sft.jsonl")}) for name, adapter in adapters.items()}
-    runner.check_done_stages({"data": data_cfg, "generate": gcfg,
+    runner.check_done_stages({"data": data_cfg, "generate": gcfg, "pairs": pairs_cfg,
                               **{f"train-{n}": c for n, c in train_cfgs.items()},
                               **{f"eval-{n}": c for n, c in eval_cfgs.items()}})
 
@@ -259,18 +299,30 @@ def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
         return {"sft_records": stats["sft_records"], "prompts_accepted": stats.get("prompts_accepted")}
 
     runner.run("generate", do_generate, gcfg)
-    for name in train_cfgs:
-        if name == "rational" or name in cfg.baselines:
-            runner.run(f"train-{name}", lambda d, c=train_cfgs[name]: run_train(c), train_cfgs[name])
+
+    def do_pairs(d: Path):
+        same = pairs_cfg.backend == cfg.backend and pairs_cfg.dtype == cfg.dtype
+        run_pairs(pairs_cfg, generator=base_generator() if same else None)
+        stats = json.loads((d / "stats.json").read_text())
+        cb = stats["circuit_breakers"]
+        if cfg.dpo and not stats["pairs"]:
+            raise UserError(f"no preference pair could be built, so there is nothing for DPO; see {d / 'stats.json'}")
+        if "circuit-breakers" in cfg.baselines and not (cb.get("reroute") and cb.get("retain")):
+            raise UserError(f"circuit breakers need harmful completions to reroute and benign answers to retain; "
+                            f"the model's samples gave {cb.get('reroute', 0)} and {cb.get('retain', 0)}; see {d}")
+        return {"pairs": stats["pairs"], **cb}
+
+    if with_pairs:
+        runner.run("pairs", do_pairs, pairs_cfg)
+    for name in models:  # a DPO model after the SFT model it starts from
+        runner.run(f"train-{name}", lambda d, c=train_cfgs[name]: run_train(c), train_cfgs[name])
 
     eval_dirs = []
-    for name in eval_cfgs:
-        if name in ("base", "rational") or name in cfg.baselines:
-            ecfg = eval_cfgs[name]
-            # The base model's eval reuses the generator already loaded for data and generate.
-            runner.run(f"eval-{name}", lambda d, c=ecfg: run_eval(
-                c, generator=base_generator() if c.adapter is None else None), ecfg)
-            eval_dirs.append(run_dir / f"eval-{name}")
+    for name, ecfg in eval_cfgs.items():
+        # The base model's eval reuses the generator already loaded for data and generate.
+        runner.run(f"eval-{name}", lambda d, c=ecfg: run_eval(
+            c, generator=base_generator() if c.adapter is None else None), ecfg)
+        eval_dirs.append(run_dir / f"eval-{name}")
 
     runner.run("report", lambda d: {"html": str(report.build_report(eval_dirs, d / "report.html"))})
     timings = {s: json.loads((run_dir / s / ".done.json").read_text()).get("seconds") for s in stages
@@ -289,7 +341,9 @@ def _print_headline(eval_dirs: list[Path], run_dir: Path, timings: dict) -> None
 
     rows = report.headline_rows(eval_dirs)
     paired = {(p["suite"], p["metric"], p["b"]): p for p in report.paired_rows(eval_dirs)}
-    others = list(dict.fromkeys(p["b"] for p in paired.values()))
+    # The comparisons that decide (Rational against the base model and against refusal-only SFT); the report
+    # has Rational against every other model.
+    others = [o for o in ("base", "refusal-sft") if any(k[2] == o for k in paired)]
     names = list(dict.fromkeys(r["name"] for r in rows))
     keys = list(dict.fromkeys((r["suite"], r["metric"], r["judge"], r["lower_is_better"]) for r in rows))
     cell = {(r["name"], r["suite"], r["metric"]): r for r in rows}
@@ -310,7 +364,7 @@ def _print_headline(eval_dirs: list[Path], run_dir: Path, timings: dict) -> None
         ps = [report.format_p(paired[(suite, metric, o)]["p_mcnemar"]) if (suite, metric, o) in paired else "-"
               for o in others]
         table.add_row(suite, f"{metric} ({'lower' if lower else 'higher'})", *vals, *ps, str(judge))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # a log file gets the whole table on one line
     console.print(table)
     console.print("p: exact McNemar test on the prompts both models answered (paired).")
     console.print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()))

@@ -1,5 +1,9 @@
 """`rational train`: supervised fine-tuning on safety rationales with TRL (LoRA or full), plus baselines.
 
+Also DPO after SFT (`--method dpo`: TRL's DPOTrainer, dpo.py) and the circuit-breaker baseline (`--baseline
+circuit-breakers`: representation rerouting, circuit_breakers.py); this module runs them like SFT (checks, resume,
+artifacts, metrics) and builds their trainers in `build_trainer`.
+
 What happens, in order (`run_train`):
 
 1. **Read and check the data** (`load_records`). `sft.jsonl` holds conversational prompt-completion records::
@@ -54,13 +58,24 @@ from typing import Any, Callable
 
 import yaml
 
-from .common import check_text, clear_outputs, input_hashes, library_versions, output_lock, read_text, write_json
+from .circuit_breakers import build_cb_trainer, load_cb_records, target_layers
+from .common import (
+    as_messages,
+    check_text,
+    clear_outputs,
+    input_hashes,
+    library_versions,
+    output_lock,
+    read_text,
+    write_json,
+)
 from .config import check, check_choice, check_range, record_provenance, resume_difference, setting
+from .dpo import LOSS_TYPES, build_dpo_trainer, load_pairs, merge_init_adapter, stack_adapters
 from .errors import UserError
 from .models import DEFAULT_MODEL, load_tokenizer, pick_device, pick_dtype, resolve
 from .reasoning import ReasoningFormat, extract_decision, parse_output
 
-METHODS = ("lora", "full")
+METHODS = ("lora", "full", "dpo")
 TRUNCATION_MODES = ("truncate", "drop")
 # Prompt kinds whose correct behaviour is to decline (the rest, e.g. "benign", should be answered).
 DECLINE_KINDS = frozenset({"harmful", "adversarial", "jailbreak", "unsafe"})
@@ -69,6 +84,10 @@ COMPLY_KINDS = frozenset({"benign", "borderline", "safe"})
 PLAIN_REFUSAL = "I'm sorry, but I can't help with that request."
 PROFILES = ("single_gpu", "ddp", "fsdp2", "zero3")
 PROFILE_ALIASES = {"multi_gpu": "ddp", "fsdp": "fsdp2", "deepspeed": "zero3"}
+# What train_metrics.json keeps of each logging step: SFT's, then DPO's (TRL's names), then circuit breakers'.
+CURVE_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "mean_token_accuracy", "num_tokens",
+              "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+              "logps/rejected", "reroute_loss", "retain_loss", "reroute_coef", "retain_coef", "reroute_cos")
 
 
 @dataclass
@@ -80,13 +99,31 @@ class TrainConfig:
     data: str = setting("", "sft.jsonl written by `rational generate` (conversational prompt-completion records).",
                         same_on_resume=True)
     out: str = setting("", "Output folder (adapter/, train_metrics.json; checkpoints in OUT/checkpoints).")
-    method: str = setting("lora", "lora | full.", same_on_resume=True)
-    baseline: str | None = setting(None, "None = Rational (reasoning + answer); refusal-sft = the same prompts with "
-                                   "the answers only.", same_on_resume=True)
+    method: str = setting("lora", "lora | full | dpo (LoRA DPO on preference pairs, after SFT: --init-adapter).",
+                          same_on_resume=True)
+    baseline: str | None = setting(None, "None = Rational (reasoning + answer); refusal-sft = the same prompts (or "
+                                   "pairs) with the answers only; circuit-breakers = representation rerouting "
+                                   "(--data circuit_breakers.jsonl).", same_on_resume=True)
+    # --method dpo (names as in TRL's DPOConfig)
+    init_adapter: str | None = setting(None, "--method dpo: the SFT adapter (OUT/adapter of an SFT run) merged into "
+                                       "the base first; DPO starts from it and uses it as the reference.",
+                                       same_on_resume=True)
+    beta: float = setting(0.1, "--method dpo: how far the policy may move from the reference (DPOConfig.beta).",
+                          same_on_resume=True)
+    loss_type: str = setting("sigmoid", "--method dpo: DPOConfig.loss_type (sigmoid = the DPO paper; ipo, hinge, "
+                             "robust, ...).", same_on_resume=True)
+    # --baseline circuit-breakers (Zou et al. 2024)
+    cb_alpha: float = setting(10.0, "circuit-breakers: alpha of the loss schedule, c_reroute = alpha (1 - t/2T), "
+                              "c_retain = alpha t/2T (paper: 10 for Llama-3-8B, 5 for Mistral-7B).",
+                              same_on_resume=True)
+    cb_layers: str | list[int] | None = setting(None, "circuit-breakers: hidden states to reroute, e.g. 10,20 "
+                                                "(default: the paper's 10 and 20 of 32 layers, scaled to the "
+                                                "model's depth).", same_on_resume=True)
     epochs: float = setting(2.0, "Number of epochs (SFTConfig.num_train_epochs).", same_on_resume=True)
     max_steps: int = setting(-1, "Stop after N optimizer steps; -1 = train for `epochs`.", same_on_resume=True)
     learning_rate: float | None = setting(None, "Learning rate (default 2e-4 for LoRA, 2e-5 for full fine-tuning, "
-                                          "the usual 10x rule).", same_on_resume=True, old_flags=("--lr",))
+                                          "the usual 10x rule; 5e-6 for LoRA DPO; 1e-4 for circuit-breakers, as "
+                                          "published).", same_on_resume=True, old_flags=("--lr",))
     per_device_train_batch_size: int = setting(4, "Examples per device and step.", same_on_resume=True,
                                                old_flags=("--batch-size",))
     gradient_accumulation_steps: int = setting(1, "Steps whose gradients are summed before an update.",
@@ -152,8 +189,22 @@ class TrainConfig:
         check_range(self, "save_total_limit", 1, allow=(None,))
         check_range(self, "num_processes", 1, allow=(None,))
         check_range(self, "comply_share", 0, 1, lo_open=True, hi_open=True, allow=(None,))
-        check(not (self.merge and self.method != "lora"),
+        check(not (self.merge and self.method == "full"),
               "--merge applies to LoRA adapters; a full fine-tune is already a complete model in OUT/model")
+        check_range(self, "beta", 0, lo_open=True)
+        check_range(self, "cb_alpha", 0, lo_open=True)
+        check_choice(self, "loss_type", LOSS_TYPES)
+        if isinstance(self.cb_layers, str):
+            try:
+                self.cb_layers = [int(n) for n in self.cb_layers.split(",") if n.strip()] or None
+            except ValueError:
+                raise UserError(f"'cb_layers' is {self.cb_layers!r}; give hidden-state indices like 10,20") from None
+        check(self.init_adapter is None or self.method == "dpo",
+              "--init-adapter applies to --method dpo (the SFT adapter DPO starts from)")
+        if self.baseline in BASELINES:
+            check(self.method in BASELINES[self.baseline].methods,
+                  f"baseline {self.baseline} trains with --method {' or '.join(BASELINES[self.baseline].methods)}, "
+                  f"not {self.method}")
         check(not ((self.packing or self.padding_free) and "flash" not in (self.attn_implementation or "")),
               "packing/padding_free need a flash-attention kernel (e.g. --attn-implementation flash_attention_2 "
               "on a GPU); without it sequences would attend across examples")
@@ -165,7 +216,9 @@ class TrainConfig:
     def lr(self) -> float:
         if self.learning_rate is not None:
             return float(self.learning_rate)
-        return 2e-4 if self.method == "lora" else 2e-5
+        if self.baseline == CIRCUIT_BREAKERS:
+            return 1e-4  # the paper's value for both models
+        return {"lora": 2e-4, "full": 2e-5, "dpo": 5e-6}[self.method]  # DPO: TRL's guidance for LoRA
 
     def target_modules(self) -> str | list[str]:
         t = self.lora_target_modules
@@ -184,17 +237,6 @@ class Prepared:
     records: list[dict[str, Any]]  # {"prompt": [...], "completion": [...]} only
     kinds: list[str]  # meta.kind per record (parallel to records)
     counts: dict[str, Any]
-
-
-def _as_messages(value: Any, role: str) -> list[dict[str, str]] | None:
-    """Accept a chat (list of {role, content}) or a plain string (wrapped as one message); None if neither."""
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
-    ):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    return None
 
 
 def load_records(path: str | Path, check_reasoning: bool = True,
@@ -223,8 +265,8 @@ def load_records(path: str | Path, check_reasoning: bool = True,
             if column not in row:
                 raise UserError(f"{path}:{lineno}: missing column '{column}'; every record needs 'prompt' and "
                                 "'completion' (conversational prompt-completion format)")
-        prompt = _as_messages(row["prompt"], "user")
-        completion = _as_messages(row["completion"], "assistant")
+        prompt = as_messages(row["prompt"], "user")
+        completion = as_messages(row["completion"], "assistant")
         if prompt is None or completion is None:
             bad = "prompt" if prompt is None else "completion"
             raise UserError(f"{path}:{lineno}: column '{bad}' must be a non-empty list of "
@@ -270,24 +312,62 @@ def _refusal_sft(record: dict, kind: str, fmt: ReasoningFormat) -> tuple[dict | 
     return {"prompt": record["prompt"], "completion": completion}, what
 
 
-# Baseline name -> target transform (record, kind, fmt) -> (new record or None to drop, outcome label).
-# Extension point: another SFT-style baseline only needs a transform here. A circuit-breaker (representation
-# rerouting) baseline needs a different *loss* (and a retain set), i.e. its own Trainer subclass; it does not fit
-# this table and is deliberately not built.
-BASELINES: dict[str, Callable[[dict, str, ReasoningFormat], tuple[dict | None, str]]] = {
-    "refusal-sft": _refusal_sft,
+def _refusal_sft_pair(record: dict, kind: str, fmt: ReasoningFormat) -> tuple[dict | None, str]:
+    """refusal-sft + DPO: the same pair with the reasoning stripped from both sides, so the baseline gets the same
+    preference signal without the reasoning. The chosen side follows `_refusal_sft`; a rejected side without a
+    plain answer (e.g. cut off inside its reasoning), or equal to the chosen answer, drops the pair."""
+    chosen, what = _refusal_sft({"prompt": record["prompt"], "completion": record["chosen"]}, kind, fmt)
+    if chosen is None:
+        return None, what
+    rejected = parse_output(record["rejected"][-1]["content"], fmt).answer.strip()
+    if not rejected or fmt.open_tag in rejected or fmt.close_tag in rejected:
+        return None, "dropped_empty_rejected"
+    if rejected == chosen["completion"][-1]["content"]:
+        return None, "dropped_same_answers"
+    return {"prompt": record["prompt"], "chosen": chosen["completion"],
+            "rejected": record["rejected"][:-1] + [{"role": "assistant", "content": rejected}]}, what
+
+
+Transform = Callable[[dict, str, ReasoningFormat], tuple[dict | None, str]]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What a baseline changes: the targets (a transform of each SFT record or DPO pair: (record, kind, fmt) ->
+    (new record or None to drop it, outcome label)), or the loss (circuit breakers: their own Trainer)."""
+
+    methods: tuple[str, ...]  # the --method values it works with
+    records: Transform | None = None  # SFT records (lora, full)
+    pairs: Transform | None = None  # DPO pairs (dpo)
+
+
+CIRCUIT_BREAKERS = "circuit-breakers"
+# Extension point: another SFT-style baseline only needs a transform here.
+BASELINES: dict[str, Baseline] = {
+    "refusal-sft": Baseline(methods=("lora", "full", "dpo"), records=_refusal_sft, pairs=_refusal_sft_pair),
+    # Representation rerouting on harmful conversations + retain on benign ones (circuit_breakers.py).
+    CIRCUIT_BREAKERS: Baseline(methods=("lora",)),
 }
+
+
+def _load(cfg: TrainConfig) -> tuple[list[dict], list[str]]:
+    """Read and validate the method's data file. Reasoning tags are only required where we train on them."""
+    if cfg.method == "dpo":
+        return load_pairs(cfg.data, check_reasoning=cfg.baseline is None, fmt=cfg.fmt)
+    if cfg.baseline == CIRCUIT_BREAKERS:
+        return load_cb_records(cfg.data)  # kinds: the set, reroute or retain
+    return load_records(cfg.data, check_reasoning=cfg.baseline is None, fmt=cfg.fmt)
 
 
 def prepare_records(cfg: TrainConfig) -> Prepared:
     """Load, validate and transform the records for the configured method/baseline."""
     if cfg.baseline is not None and cfg.baseline not in BASELINES:
         raise UserError(f"unknown baseline '{cfg.baseline}'; use one of: {', '.join(BASELINES)} (or none)")
-    # Reasoning tags are only required when we train on them (the Rational method).
-    records, kinds = load_records(cfg.data, check_reasoning=cfg.baseline is None, fmt=cfg.fmt)
+    records, kinds = _load(cfg)
     counts: dict[str, Any] = {"records_in_file": len(records), "by_kind_in_file": dict(Counter(kinds))}
-    if cfg.baseline is not None:
-        transform = BASELINES[cfg.baseline]
+    baseline = BASELINES[cfg.baseline] if cfg.baseline else None
+    transform = None if baseline is None else baseline.pairs if cfg.method == "dpo" else baseline.records
+    if transform is not None:
         out_records, out_kinds, outcomes = [], [], Counter()
         for rec, kind in zip(records, kinds):
             new, what = transform(rec, kind, cfg.fmt)
@@ -355,7 +435,8 @@ def _apply_length_policy(prepared: Prepared, tokenizer, cfg: TrainConfig) -> Pre
     truncated, dropped, no_room = Counter(), Counter(), Counter()
     n_tokens = 0
     for rec, kind in zip(prepared.records, prepared.kinds):
-        full = len(ids(rec["prompt"] + rec["completion"]))
+        # A DPO pair is as long as its longer side.
+        full = max(len(ids(rec["prompt"] + rec[side])) for side in ("completion", "chosen", "rejected") if side in rec)
         prompt = len(ids(rec["prompt"], add_generation_prompt=True))
         if prompt >= cfg.max_length:
             no_room[kind] += 1
@@ -409,7 +490,7 @@ def _check_lora_targets(model, targets: str | list[str]) -> None:
 
 
 def artifact_dir(out: str | Path, method: str = "lora") -> Path:
-    return Path(out) / ("adapter" if method == "lora" else "model")
+    return Path(out) / ("model" if method == "full" else "adapter")
 
 
 def is_trained(out: str | Path) -> bool:
@@ -429,27 +510,20 @@ _CHILD_ENV = "RATIONAL_ACCELERATE_CHILD"
 # ------------------------------------------------------------------------------------------- trainer
 
 
-def _sft_config(cfg: TrainConfig, torch_dtype, device: str):
+def _training_args(cfg: TrainConfig, torch_dtype, device: str) -> dict[str, Any]:
+    """The `TrainingArguments` every method shares (SFTConfig and DPOConfig extend TrainingArguments)."""
     import torch
-    from trl import SFTConfig
 
     on_gpu = device.startswith("cuda")
     gc = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else on_gpu
-    return SFTConfig(
+    return dict(
         output_dir=str(Path(cfg.out) / "checkpoints"),
         num_train_epochs=float(cfg.epochs),
         max_steps=int(cfg.max_steps),
         learning_rate=cfg.lr(),
         per_device_train_batch_size=int(cfg.per_device_train_batch_size),
         gradient_accumulation_steps=int(cfg.gradient_accumulation_steps),
-        max_length=int(cfg.max_length),
-        truncation_mode="keep_start",
-        # Loss on the completion (reasoning + answer) only, never on the prompt. Explicit, not TRL's automatic mode.
-        completion_only_loss=True,
-        assistant_only_loss=False,
-        packing=bool(cfg.packing),
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        padding_free=bool(cfg.padding_free),
         # Mixed precision follows the weights' dtype; fp32 weights train in fp32.
         bf16=torch_dtype == torch.bfloat16,
         fp16=torch_dtype == torch.float16,
@@ -469,9 +543,56 @@ def _sft_config(cfg: TrainConfig, torch_dtype, device: str):
         # On a machine without CUDA, DDP under `accelerate launch` runs over gloo only when asked for the CPU.
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
-        dataset_num_proc=None,
         disable_tqdm=not sys.stderr.isatty(),
     )
+
+
+def _sft_config(cfg: TrainConfig, torch_dtype, device: str):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **_training_args(cfg, torch_dtype, device),
+        max_length=int(cfg.max_length),
+        truncation_mode="keep_start",
+        # Loss on the completion (reasoning + answer) only, never on the prompt. Explicit, not TRL's automatic mode.
+        completion_only_loss=True,
+        assistant_only_loss=False,
+        packing=bool(cfg.packing),
+        padding_free=bool(cfg.padding_free),
+        dataset_num_proc=None,
+    )
+
+
+def _dpo_config(cfg: TrainConfig, torch_dtype, device: str):
+    from trl import DPOConfig
+
+    return DPOConfig(**_training_args(cfg, torch_dtype, device), max_length=int(cfg.max_length),
+                     truncation_mode="keep_start", beta=float(cfg.beta), loss_type=[cfg.loss_type],
+                     dataset_num_proc=None)
+
+
+def _cb_config(cfg: TrainConfig, torch_dtype, device: str):
+    from transformers import TrainingArguments
+
+    # The batches carry our own columns (reroute + retain rows and their loss mask), not the model's arguments.
+    return TrainingArguments(**_training_args(cfg, torch_dtype, device), remove_unused_columns=False)
+
+
+def _lora_config(cfg: TrainConfig, model, layers_to_transform: list[int] | None = None):
+    from peft import LoraConfig
+
+    targets = cfg.target_modules()
+    _check_lora_targets(model, targets)
+    if targets == "all-linear" and layers_to_transform is not None:
+        # PEFT takes a layer subset only with module names: every linear layer's name except the output head.
+        import torch
+
+        head = model.get_output_embeddings()
+        targets = sorted({n.split(".")[-1] for n, m in model.named_modules()
+                          if isinstance(m, torch.nn.Linear) and m is not head})
+    return LoraConfig(r=int(cfg.lora_r), lora_alpha=int(cfg.lora_alpha), lora_dropout=float(cfg.lora_dropout),
+                      target_modules=targets, layers_to_transform=layers_to_transform, bias="none",
+                      task_type="CAUSAL_LM")
 
 
 def build_trainer(cfg: TrainConfig, prepared: Prepared | None = None, model=None, tokenizer=None):
@@ -480,10 +601,10 @@ def build_trainer(cfg: TrainConfig, prepared: Prepared | None = None, model=None
     Split from `run_train` so tests (and curious users) can inspect `trainer.train_dataset` — the exact
     input_ids/labels TRL will train on — before training. `model`/`tokenizer` may be passed already loaded
     (the GPU benchmark builds random-init models from public configs); otherwise `cfg.model` is resolved.
+    The trainer is TRL's `SFTTrainer` (lora, full), TRL's `DPOTrainer` (dpo, dpo.py), or the circuit-breaker
+    `Trainer` (circuit_breakers.py).
     """
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, set_seed
-    from trl import SFTTrainer
 
     _check_config(cfg)
     prepared = prepared or prepare_records(cfg)
@@ -503,18 +624,28 @@ def build_trainer(cfg: TrainConfig, prepared: Prepared | None = None, model=None
         except OSError as e:
             raise UserError(f"{resolved.spec}: could not load the model ({str(e).splitlines()[0][:200]})") from None
 
-    peft_config = None
-    if cfg.method == "lora":
-        from peft import LoraConfig
+    if cfg.method == "dpo":
+        if cfg.init_adapter:
+            model = merge_init_adapter(model, cfg.init_adapter)
+        trainer = build_dpo_trainer(model, tokenizer, prepared.records, _dpo_config(cfg, torch_dtype, device),
+                                    _lora_config(cfg, model))
+        return trainer, prepared
+    if cfg.baseline == CIRCUIT_BREAKERS:
+        layers = target_layers(model.config.num_hidden_layers, cfg.cb_layers)
+        # LoRA only on the layers below the last rerouted hidden state, as in the paper: the others cannot
+        # change any hidden state the loss looks at.
+        peft_config = _lora_config(cfg, model, layers_to_transform=list(range(max(layers))))
+        trainer = build_cb_trainer(model, tokenizer, prepared.records, _cb_config(cfg, torch_dtype, device),
+                                   peft_config, float(cfg.cb_alpha), layers, int(cfg.max_length))
+        return trainer, prepared
 
-        targets = cfg.target_modules()
-        _check_lora_targets(model, targets)
-        peft_config = LoraConfig(r=int(cfg.lora_r), lora_alpha=int(cfg.lora_alpha), lora_dropout=float(cfg.lora_dropout),
-                                 target_modules=targets, bias="none", task_type="CAUSAL_LM")
-    args = _sft_config(cfg, torch_dtype, device)
-    dataset = Dataset.from_list(prepared.records)
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    peft_config = _lora_config(cfg, model) if cfg.method == "lora" else None
     try:
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        trainer = SFTTrainer(model=model, args=_sft_config(cfg, torch_dtype, device),
+                             train_dataset=Dataset.from_list(prepared.records), processing_class=tokenizer,
                              peft_config=peft_config)
     except ValueError as e:  # PEFT's own target check, in case a pattern matched a non-Linear module
         if "target" in str(e).lower() and "module" in str(e).lower():
@@ -603,9 +734,14 @@ def _check_out(cfg: TrainConfig) -> None:
                         "or --overwrite to start over")
 
 
+def _inputs(cfg: TrainConfig) -> list[Path | str]:
+    """The files a run's result depends on: the data, and for DPO the SFT adapter it starts from."""
+    return [cfg.data] + ([Path(cfg.init_adapter) / "adapter_model.safetensors"] if cfg.init_adapter else [])
+
+
 def _check_same_run(cfg: TrainConfig, what: str) -> None:
     """Continuing (or skipping) a run in OUT is only right when OUT was made with the same settings and data."""
-    diff = resume_difference(cfg.out, cfg, input_hashes([cfg.data]))
+    diff = resume_difference(cfg.out, cfg, input_hashes(_inputs(cfg)))
     if diff:
         raise UserError(f"{cfg.out}: holds {what} with {diff.text}; use the same settings to resume, "
                         "--overwrite to start over, or another --out")
@@ -615,8 +751,8 @@ def _clean_out(cfg: TrainConfig) -> None:
     """With --overwrite: remove the previous run's artifacts and checkpoints (one process only)."""
     out = Path(cfg.out)
     if cfg.overwrite:
-        clear_outputs(out, ("adapter", "model", "merged", "checkpoints", "train_metrics.json", "config.yaml",
-                            "provenance.json", "launch_config.yaml"))
+        clear_outputs(out, ("adapter", "dpo_adapter", "model", "merged", "checkpoints", "train_metrics.json",
+                            "config.yaml", "provenance.json", "launch_config.yaml"))
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -662,7 +798,7 @@ def _run_train(cfg: TrainConfig) -> Path:
             _clean_out(cfg)  # manual `accelerate launch`: rank 0 cleans while the others wait below
         shutil.rmtree(partial, ignore_errors=True)
         Path(out).mkdir(parents=True, exist_ok=True)
-        record_provenance(out, cfg, input_hashes([cfg.data]))
+        record_provenance(out, cfg, input_hashes(_inputs(cfg)))
     acc.wait_for_everyone()
 
     resume_from = _last_checkpoint(out) if cfg.resume else None
@@ -681,6 +817,11 @@ def _run_train(cfg: TrainConfig) -> Path:
     hashes = gather_object([None if sharded else trainable_sha256(trainer.model)])
 
     if acc.is_main_process:
+        if cfg.method == "dpo" and cfg.init_adapter:
+            # The DPO adapter applies to base + SFT merged; OUT/adapter becomes both in one, on the base (dpo.py).
+            shutil.rmtree(out / "dpo_adapter", ignore_errors=True)
+            os.replace(partial, out / "dpo_adapter")
+            stack_adapters(cfg.model, cfg.init_adapter, out / "dpo_adapter", partial, cfg.dtype)
         if cfg.merge:
             merge_adapter(cfg.model, partial, out / "merged", cfg.dtype)
         device = str(trainer.args.device)
@@ -695,11 +836,7 @@ def _run_train(cfg: TrainConfig) -> Path:
             "global_step": trainer.state.global_step,
             "epochs_done": trainer.state.epoch,
             "train_loss": result.metrics.get("train_loss"),
-            "loss_curve": [
-                {k: e[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm", "mean_token_accuracy",
-                                   "num_tokens") if k in e}
-                for e in trainer.state.log_history if "loss" in e
-            ],
+            "loss_curve": [{k: e[k] for k in CURVE_KEYS if k in e} for e in trainer.state.log_history if "loss" in e],
             "train_tokens": tokens,
             "train_tokens_per_s": round(tokens / runtime, 2) if tokens and runtime else None,
             "train_runtime_s": round(runtime, 2),
