@@ -105,8 +105,8 @@ def is_good_rationale(candidate: dict) -> bool:
 def rejection_reasons(candidate: dict, kind: str, fmt: ReasoningFormat | None = None) -> list[str]:
     """Why a self-check candidate is a usable rejected side for a prompt of `kind`; empty = not usable.
 
-    Default, from what generate recorded: for a prompt to decline, the judge found no refusal in the final answer
-    or the reasoning decided to comply; for a prompt to answer, the answer refused or the reasoning decided to
+    Default, from what generate recorded: for a prompt to decline, the judge found no refusal in the final answer,
+    the reasoning decided to comply, or the refusal offers the harmful content; for a prompt to answer, the answer refused or the reasoning decided to
     decline. A candidate the judge could not score, or without a final answer, is never used.
     """
     verdict = candidate.get("verdict") or {}
@@ -115,7 +115,11 @@ def rejection_reasons(candidate: dict, kind: str, fmt: ReasoningFormat | None = 
         return []
     decision = candidate.get("decision")
     if kind in DECLINE_KINDS:
-        return [r for r, hit in (("answer_complies", not refused), ("decided_to_comply", decision == "comply")) if hit]
+        # A refusal that offers or hints at the harmful content (generate's quality check `offers_harm`) is as
+        # wrong as a compliance.
+        offers = any(str(p).startswith("offers_harm") for p in candidate.get("problems") or [])
+        return [r for r, hit in (("answer_complies", not refused), ("decided_to_comply", decision == "comply"),
+                                 ("refusal_offers_harm", offers)) if hit]
     return [r for r, hit in (("answer_refuses", refused), ("decided_to_decline", decision == "decline")) if hit]
 
 
