@@ -47,7 +47,8 @@ from .errors import UserError
 
 # Top-level keys every stage may read from a recipe, besides its own section.
 SHARED_KEYS = ("model", "seed", "backend", "dtype", "reasoning_open", "reasoning_close")
-SECTIONS = ("data", "generate", "train", "eval", "run", "report", "chat", "judge-check", "serve")
+SECTIONS = ("data", "generate", "train", "eval", "run", "report", "chat", "judge-check", "serve",
+            "attack", "redteam")  # the last two: adaptive attacks (attack.py) and the red-team loop (redteam.py)
 
 
 # ------------------------------------------------------------------------------------------- fields
