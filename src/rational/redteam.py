@@ -67,7 +67,8 @@ class RedteamConfig:
         check_choice(self, "method", METHODS)
         check_range(self, "train_behaviors", 1)
         check_range(self, "eval_behaviors", 0)
-        fixed = {"target", "adapter", "target_base_url", "behaviors", "out", "method", "limit", "overwrite"}
+        fixed = {"target", "adapter", "target_base_url", "behaviors", "out", "method", "limit", "seed", "dtype",
+                 "overwrite"}
         clash = sorted(set(self.attack) & fixed)
         if clash:
             raise UserError(f"redteam.attack.{clash[0]} is set by the loop itself; remove it")
