@@ -262,3 +262,18 @@ def test_scripted_attacker_is_deterministic():
     first, second = a.generate([chat], params)[0], a.generate([chat], params)[0]
     assert [c.text for c in first.completions] == [c.text for c in second.completions]
     assert json.loads(first.completions[0].text)["prompt"].endswith("do x")
+
+
+def test_attacker_replies_without_a_prompt_are_retried_counted_and_kept(tmp_path):
+    class Refusing(ScriptedAttacker):
+        def _reply(self, chat, j):
+            return "I'm sorry, I can't help with that."
+
+    out = run_attack(_cfg(tmp_path, limit=1, n_streams=2, n_iterations=2, attacker_retries=1),
+                     target=FakeTarget("x"), attacker=Refusing(), progress=False)
+    row = _rows(out / "attacks.jsonl")[0]
+    assert row["no_prompt"] and row["prompt"] is None and not row["success"] and row["queries"] == 0
+    assert row["attacker_calls"] == 8 and row["attacker_invalid"] == 4  # 2 streams x 2 rounds x (1 + 1 retry)
+    invalid = [t for t in _rows(out / "transcripts.jsonl") if t["event"] == "attacker_invalid"]
+    assert len(invalid) == 8 and invalid[0]["attacker_output"].startswith("I'm sorry")
+    assert json.loads((out / "summary.json").read_text())["no_prompt"] == 1

@@ -264,7 +264,7 @@ def attack_behavior(cfg: AttackConfig, rec: PromptRecord, target, attacker, scor
         prompt = f"{goal} {outcome.suffix}"
         out = target.generate([[{"role": "user", "content": prompt}]], target_params, progress=False)[0]
         judged = scorer.judge(goal, [out.text])[0]
-        rows = outcome.rows + [{"method": "gcg", "step": "final", "prompt": prompt, "output": judged.output,
+        rows = outcome.rows + [{"event": "target_query", "method": "gcg", "step": "final", "prompt": prompt, "output": judged.output,
                                 "answer": judged.answer, "verdicts": judged.verdicts, "success": judged.success}]
         # Every step evaluates up to search_width candidates (fewer after nanoGCG's retokenisation filter).
         extra = {"gcg_steps_run": outcome.steps, "gcg_loss": round(outcome.loss, 6),

@@ -62,6 +62,6 @@ def optimise_suffix(model, tokenizer, request: str, target_str: str, steps: int,
                              config)
     finally:
         torch.use_deterministic_algorithms(deterministic)
-    rows = [{"method": "gcg", "step": i, "loss": round(float(loss), 6), "suffix": s}
+    rows = [{"event": "gcg_step", "method": "gcg", "step": i, "loss": round(float(loss), 6), "suffix": s}
             for i, (loss, s) in enumerate(zip(result.losses, result.strings))]
     return GCGOutcome(result.best_string, float(result.best_loss), len(result.losses), rows)

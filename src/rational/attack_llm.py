@@ -92,7 +92,7 @@ class SearchResult:
     attacker_invalid: int  # attacker outputs that held no usable prompt
     off_topic_pruned: int = 0
     on_topic_unparsed: int = 0
-    rows: list[dict] = field(default_factory=list)  # one transcript row per target query
+    rows: list[dict] = field(default_factory=list)  # transcript: every target query and unusable attacker reply
 
 
 @dataclass
@@ -158,7 +158,8 @@ def _write_prompts(attacker, nodes: list[Node], n: int, s: SearchSettings, seed:
     """Ask the attacker for `n` prompts per node; returns (node, sample index, improvement, prompt) per usable one.
 
     Samples without a usable prompt are asked for again up to `attacker_retries` times (PAIR retries invalid
-    attacker outputs too), then dropped for this round and counted.
+    attacker outputs too), then dropped for this round and counted. Every unusable reply goes to the transcript
+    (`stats["invalid_rows"]`): a weak attacker that refuses or ignores the format is visible there.
     """
     want = [(node, j) for node in nodes for j in range(n)]
     got: list[tuple[Node, int, str, str]] = []
@@ -174,6 +175,8 @@ def _write_prompts(attacker, nodes: list[Node], n: int, s: SearchSettings, seed:
             parsed = parse_attacker(out.text)
             if parsed is None:
                 retry.append((node, j))
+                stats["invalid_rows"].append({"event": "attacker_invalid", "node": node.id, "sample": j,
+                                              "attempt": attempt, "attacker_output": out.text[:MAX_FEEDBACK_CHARS]})
             else:
                 got.append((node, j, *parsed))
         want = retry
@@ -192,7 +195,7 @@ def _query(target, scorer, goal: str, prompts: list[str], s: SearchSettings, sta
 
 def _row(method: str, node: Node, extra: dict | None = None) -> dict:
     j = node.judged
-    return {"method": method, "node": node.id, "parent": node.parent, "depth": node.depth,
+    return {"event": "target_query", "method": method, "node": node.id, "parent": node.parent, "depth": node.depth,
             "improvement": node.improvement, "prompt": node.prompt, "output": j.output, "answer": j.answer,
             "verdicts": j.verdicts, "score": j.score, "success": j.success, **(extra or {})}
 
@@ -222,11 +225,13 @@ def _child(parent: Node, node_id: str, improvement: str, prompt: str) -> Node:
 def pair(goal: str, target_str: str, attacker, target, scorer, s: SearchSettings, n_streams: int,
          n_iterations: int, seed: int) -> SearchResult:
     """PAIR: `n_streams` attacker conversations, `n_iterations` rounds each, stop at the first success."""
-    stats = {"queries": 0, "attacker_calls": 0, "attacker_invalid": 0}
+    stats = {"queries": 0, "attacker_calls": 0, "attacker_invalid": 0, "invalid_rows": []}
     streams = [_root(goal, target_str, f"s{i}") for i in range(n_streams)]
     best, rows = None, []
     for it in range(n_iterations):
         written = _write_prompts(attacker, streams, 1, s, seed * 100 + it, stats)
+        rows += [{**r, "method": "pair", "iteration": it} for r in stats["invalid_rows"]]
+        stats["invalid_rows"].clear()
         children = [_child(node, f"{node.id.split('.')[0]}.{it}", imp, p) for node, _, imp, p in written]
         for child, judged in zip(children, _query(target, scorer, goal, [c.prompt for c in children], s, stats)):
             child.judged = judged
@@ -264,11 +269,13 @@ def on_topic(evaluator, goal: str, prompts: list[str], s: SearchSettings) -> lis
 def tap(goal: str, target_str: str, attacker, target, scorer, s: SearchSettings, branching_factor: int,
         width: int, depth: int, prune_off_topic: bool, seed: int) -> SearchResult:
     """TAP: branch, prune off-topic, query and score, keep the `width` best leaves; stop at the first success."""
-    stats = {"queries": 0, "attacker_calls": 0, "attacker_invalid": 0}
+    stats = {"queries": 0, "attacker_calls": 0, "attacker_invalid": 0, "invalid_rows": []}
     leaves = [_root(goal, target_str, "r")]
     best, rows, pruned, unparsed = None, [], 0, 0
     for level in range(depth):
         written = _write_prompts(attacker, leaves, branching_factor, s, seed * 100 + level, stats)
+        rows += [{**r, "method": "tap", "level": level} for r in stats["invalid_rows"]]
+        stats["invalid_rows"].clear()
         children = [_child(node, f"{node.id}.{j}", imp, p) for node, j, imp, p in written]
         checks: list[bool | None] = [True] * len(children)
         if prune_off_topic:
