@@ -277,3 +277,18 @@ def test_attacker_replies_without_a_prompt_are_retried_counted_and_kept(tmp_path
     invalid = [t for t in _rows(out / "transcripts.jsonl") if t["event"] == "attacker_invalid"]
     assert len(invalid) == 8 and invalid[0]["attacker_output"].startswith("I'm sorry")
     assert json.loads((out / "summary.json").read_text())["no_prompt"] == 1
+
+
+def test_pair_stream_keeps_one_feedback_per_answer_when_a_round_writes_nothing(tmp_path):
+    class SkipsSecondCall(RecordingAttacker):
+        def _reply(self, chat, j):
+            reply = super()._reply(chat, j)
+            return "no json here" if len(self.chats) == 2 else reply
+
+    attacker = SkipsSecondCall()
+    run_attack(_cfg(tmp_path, limit=1, n_streams=1, n_iterations=3, attacker_retries=0), target=FakeTarget("never"),
+               attacker=attacker, progress=False)
+    # Call 1 wrote a prompt (answered, fed back), call 2 wrote nothing, call 3 sees the one answer once.
+    assert len(attacker.chats) == 3
+    assert [m["content"].startswith("TARGET REPLY") for m in attacker.chats[2] if m["role"] == "user"] == \
+        [False, True]

@@ -240,10 +240,9 @@ def pair(goal: str, target_str: str, attacker, target, scorer, s: SearchSettings
         if best is not None and best.judged.success:
             break
         # Each stream continues from its new prompt and the target's answer to it; a stream whose attacker wrote
-        # nothing usable this round keeps its old conversation.
-        by_stream = {c.id.split(".")[0]: c for c in children}
+        # nothing usable this round keeps its conversation as it was (its last feedback is already in it).
+        by_stream = {c.id.split(".")[0]: _with_feedback(c, goal, s) for c in children}
         streams = [by_stream.get(node.id.split(".")[0], node) for node in streams]
-        streams = [_with_feedback(node, goal, s) if node.judged else node for node in streams]
     return SearchResult(best, stats["queries"], stats["attacker_calls"], stats["attacker_invalid"], rows=rows)
 
 
@@ -255,7 +254,7 @@ def _with_feedback(node: Node, goal: str, s: SearchSettings) -> Node:
 # ------------------------------------------------------------------------------------------ TAP
 
 
-def on_topic(evaluator, goal: str, prompts: list[str], s: SearchSettings) -> list[bool | None]:
+def on_topic(evaluator, goal: str, prompts: list[str]) -> list[bool | None]:
     """TAP phase 1: does each prompt still ask for the goal? True / False, or None when the answer is unreadable."""
     if not prompts:
         return []
@@ -279,7 +278,7 @@ def tap(goal: str, target_str: str, attacker, target, scorer, s: SearchSettings,
         children = [_child(node, f"{node.id}.{j}", imp, p) for node, j, imp, p in written]
         checks: list[bool | None] = [True] * len(children)
         if prune_off_topic:
-            checks = on_topic(attacker, goal, [c.prompt for c in children], s)
+            checks = on_topic(attacker, goal, [c.prompt for c in children])
             unparsed += sum(c is None for c in checks)
             pruned += sum(c is False for c in checks)
         kept = [c for c, ok in zip(children, checks) if ok is not False]
