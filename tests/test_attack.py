@@ -116,7 +116,9 @@ def test_tap_prunes_off_topic_children_and_keeps_width_best(tmp_path):
     # Level 0: 3 children, the "historian" one pruned -> 2 queries; width 1 keeps one leaf; level 1: 3 children,
     # one pruned again -> 2 queries.
     assert row["off_topic_pruned"] == 2 and row["queries"] == 4 and not row["success"]
-    transcripts = _rows(out / "transcripts.jsonl")
+    pruned = [t for t in _rows(out / "transcripts.jsonl") if t["event"] == "off_topic_pruned"]
+    assert len(pruned) == 2 and all("historian" in t["prompt"] for t in pruned)
+    transcripts = [t for t in _rows(out / "transcripts.jsonl") if t["event"] == "target_query"]
     assert {t["level"] for t in transcripts} == {0, 1}
     parents = {t["parent"] for t in transcripts if t["level"] == 1}
     assert len(parents) == 1  # all level-1 children come from the single kept leaf

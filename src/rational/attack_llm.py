@@ -92,7 +92,7 @@ class SearchResult:
     attacker_invalid: int  # attacker outputs that held no usable prompt
     off_topic_pruned: int = 0
     on_topic_unparsed: int = 0
-    rows: list[dict] = field(default_factory=list)  # transcript: every target query and unusable attacker reply
+    rows: list[dict] = field(default_factory=list)  # transcript: target queries, unusable replies, pruned prompts
 
 
 @dataclass
@@ -282,6 +282,8 @@ def tap(goal: str, target_str: str, attacker, target, scorer, s: SearchSettings,
             unparsed += sum(c is None for c in checks)
             pruned += sum(c is False for c in checks)
         kept = [c for c, ok in zip(children, checks) if ok is not False]
+        rows += [{"event": "off_topic_pruned", "method": "tap", "level": level, "node": c.id, "parent": c.parent,
+                  "improvement": c.improvement, "prompt": c.prompt} for c, ok in zip(children, checks) if ok is False]
         for child, judged in zip(kept, _query(target, scorer, goal, [c.prompt for c in kept], s, stats)):
             child.judged = judged
             rows.append(_row("tap", child, {"level": level}))
