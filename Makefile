@@ -17,6 +17,8 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[test]"
+	# nanoGCG pins transformers<=4.47.1 but runs on transformers 5; --no-deps keeps ours (docs/redteam.md)
+	$(BIN)/pip install -q --no-deps nanogcg==0.3.0
 	touch $@
 
 install: $(VENV)/.installed

@@ -16,6 +16,7 @@ import click
 import typer
 from typer._click.exceptions import ClickException as TyperClickException
 
+from .attack import AttackConfig, attack_command
 from .chat import ChatConfig, chat_command
 from .config import stage_command
 from .data import DataConfig, data_command
@@ -52,6 +53,8 @@ COMMANDS = {
     "report": (ReportConfig, "report", report_command, "Compare evaluated models in report.html / report.md."),
     "run": (RunConfig, "run", run_command, "The whole pipeline: data -> generate -> train -> eval -> report "
             "(resumable)."),
+    "attack": (AttackConfig, "attack", attack_command, "Adaptive attacks (GCG, PAIR, TAP) on a model or an "
+               "endpoint; ASR with a 95% interval."),
     "chat": (ChatConfig, "chat", chat_command, "Chat with a model (and adapter); reasoning and answer shown apart."),
     "serve": (ServeConfig, "serve", run_serve, "Serve a model (+ adapter) behind an OpenAI-compatible endpoint, "
               "reasoning apart from the answer (for garak, PyRIT, remote eval)."),

@@ -47,9 +47,10 @@ from .errors import UserError
 
 # Top-level keys every stage may read from a recipe, besides its own section.
 SHARED_KEYS = ("model", "seed", "backend", "dtype", "reasoning_open", "reasoning_close")
-# `dpo` and `circuit-breakers` are TrainConfig sections too: the train stages of `rational run` that use them.
+# `dpo` and `circuit-breakers` are TrainConfig sections too: the train stages of `rational run` that use them;
+# `attack` and `redteam`: adaptive attacks (attack.py) and the red-team loop (redteam.py).
 SECTIONS = ("data", "generate", "pairs", "train", "dpo", "circuit-breakers", "eval", "run", "report", "chat",
-            "judge-check", "serve")
+            "judge-check", "serve", "attack", "redteam")
 
 
 # ------------------------------------------------------------------------------------------- fields

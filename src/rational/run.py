@@ -41,6 +41,7 @@ from .generate import GenerateConfig, run_generate
 from .models import DEFAULT_MODEL
 from .mutations import MUTATIONS
 from .pairs import PairsConfig, run_pairs
+from .redteam import RedteamConfig, RunContext, run_redteam, stage_names
 from .train import TrainConfig, run_train
 
 PRESETS = {
@@ -241,6 +242,9 @@ def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
               or s.split("-", 1)[1] in models]
     if cfg.overwrite:
         clear_outputs(run_dir, [*STAGES, "run.json", "run_config.yaml"])
+    # Red-team loop (redteam.py): its stages follow the report when the recipe's redteam: section asks for rounds.
+    rt_cfg = recipe.build(RedteamConfig, "redteam")
+    stages += stage_names(rt_cfg)
     runner = Runner(run_dir, stages, cfg.stage_estimates)
     data_dir, gen_dir = run_dir / "data", run_dir / "generate"
 
@@ -325,6 +329,9 @@ def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
         eval_dirs.append(run_dir / f"eval-{name}")
 
     runner.run("report", lambda d: {"html": str(report.build_report(eval_dirs, d / "report.html"))})
+    if rt_cfg.rounds:
+        run_redteam(rt_cfg, recipe, runner, RunContext(run_dir, cfg.model, cfg.seed, cfg.dtype, cfg.backend),
+                    overwrite=cfg.overwrite)
     timings = {s: json.loads((run_dir / s / ".done.json").read_text()).get("seconds") for s in stages
                if is_done(run_dir / s)}
     meta["stage_seconds"] = timings
