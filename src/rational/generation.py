@@ -23,6 +23,7 @@ from .errors import UserError
 
 Chat = list[dict[str, str]]
 BACKENDS = ("hf", "vllm", "openai", "scripted")
+ENGINES = ("fast", "hf")  # HFGenerator engines
 
 
 @dataclass
@@ -118,90 +119,129 @@ class TemperatureTopP:
 
 
 class HFGenerator:
-    """Batched generation with transformers. Loads through the model resolver (`models.py`)."""
+    """Batched generation with transformers. Loads through the model resolver (`models.py`).
+
+    engine="fast" (default): `engine.Engine`, a decoding loop that prefills shared prompt prefixes once and retires
+    finished rows (see engine.py). engine="hf": transformers' `model.generate` on left-padded, length-sorted
+    batches, kept for comparison and for models the fast engine does not support (sliding-window or
+    linear-attention layers), which fall back to it.
+    """
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, batch_size: int = 8, model_name: str = ""):
+    def __init__(self, model, tokenizer, batch_size: int = 8, model_name: str = "", engine: str = "fast"):
+        if engine not in ENGINES:
+            raise UserError(f"unknown generation engine '{engine}'; use one of: {', '.join(ENGINES)}")
+        from .engine import supports
+        from .models import stop_token_ids
+
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
         self.model_name = model_name
-        from .models import stop_token_ids
-
+        self.engine = engine if supports(model) else "hf"
         self.eos_ids = stop_token_ids(tokenizer)
         self.stats = {"tokens": 0, "seconds": 0.0}
 
     @classmethod
     def load(cls, spec: str, adapter: str | None = None, dtype: str = "auto", batch_size: int = 8,
-             trust_remote_code: bool = False, device: str | None = None):
+             trust_remote_code: bool = False, device: str | None = None, engine: str = "fast"):
         from .models import load_model_and_tokenizer
 
         model, tok = load_model_and_tokenizer(spec, adapter=adapter, dtype=dtype, device=device,
                                               trust_remote_code=trust_remote_code)
-        return cls(model, tok, batch_size=batch_size, model_name=spec)
+        return cls(model, tok, batch_size=batch_size, model_name=spec, engine=engine)
 
     def encode(self, chat: Chat) -> list[int]:
         ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
         return list(ids)
 
+    def _completion(self, tokens: list[int], stopped: bool, params: SamplingParams) -> Completion:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        text, cut = _apply_stop(text, params.stop)
+        return Completion(text, len(tokens), "stop" if stopped or cut else "length")
+
     def generate(self, chats: list[Chat], params: SamplingParams, progress: bool = True,
                  desc: str = "generating") -> list[GenerationOutput]:
+        encoded = [self.encode(c) for c in chats]
+        start = time.perf_counter()
+        with _progress(len(chats), desc, progress) as bar:
+            task = bar.add_task(desc, total=len(chats), tps=0.0)
+            tokens = 0
+
+            def report(new_tokens: int, finished_prompts: int) -> None:
+                nonlocal tokens
+                tokens += new_tokens
+                bar.update(task, advance=finished_prompts, tps=tokens / max(time.perf_counter() - start, 1e-9))
+
+            run = self._generate_fast if self.engine == "fast" else self._generate_hf
+            results = run(encoded, params, report)
+        self.stats["tokens"] += tokens
+        self.stats["seconds"] += time.perf_counter() - start
+        return results
+
+    def _generate_fast(self, encoded: list[list[int]], params: SamplingParams, report) -> list[GenerationOutput]:
+        from .engine import Engine
+
+        engine = Engine(self.model, self.eos_ids, self.tokenizer.pad_token_id, self.batch_size)
+        stop_check = None
+        if params.stop:  # stop as soon as a stop string shows up in the text, not only at EOS / the length limit
+            def stop_check(tokens: list[int]) -> bool:
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                return any(s in text for s in params.stop)
+
+        seqs = engine.generate(encoded, max(1, params.n), params.max_new_tokens, temperature=params.temperature,
+                               top_p=params.top_p, seed=params.seed, stop_check=stop_check, on_step=report)
+        return [GenerationOutput([self._completion(s.tokens, s.stopped, params) for s in row]) for row in seqs]
+
+    def _generate_hf(self, encoded: list[list[int]], params: SamplingParams, report) -> list[GenerationOutput]:
         import torch
 
-        encoded = [self.encode(c) for c in chats]
         # Longest first: similar lengths share a batch (less padding), and an OOM shows up at once.
-        order = sorted(range(len(chats)), key=lambda i: -len(encoded[i]))
-        results: list[GenerationOutput | None] = [None] * len(chats)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        results: list[GenerationOutput | None] = [None] * len(encoded)
         pad_id = self.tokenizer.pad_token_id
         device = self.model.device
         n = max(1, params.n)
         do_sample = params.temperature > 0
-        start, tokens = time.perf_counter(), 0
-        with _progress(len(chats), desc, progress) as bar:
-            task = bar.add_task(desc, total=len(chats), tps=0.0)
-            for b, lo in enumerate(range(0, len(order), self.batch_size)):
-                idx = order[lo : lo + self.batch_size]
-                width = max(len(encoded[i]) for i in idx)
-                input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-                attention = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):  # left padding
-                    ids = encoded[i]
-                    input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                    attention[row, width - len(ids) :] = 1
-                kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=do_sample, num_return_sequences=n,
-                              eos_token_id=self.eos_ids, pad_token_id=pad_id, use_cache=True)
-                if do_sample:
-                    # Our own warper replaces transformers' temperature/top-p (see TemperatureTopP); HF's own
-                    # warpers are switched off so nothing is applied twice.
-                    from transformers import LogitsProcessorList
+        for b, lo in enumerate(range(0, len(order), self.batch_size)):
+            idx = order[lo : lo + self.batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):  # left padding
+                ids = encoded[i]
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention[row, width - len(ids) :] = 1
+            kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=do_sample, num_return_sequences=n,
+                          eos_token_id=self.eos_ids, pad_token_id=pad_id, use_cache=True)
+            if do_sample:
+                # Our own warper replaces transformers' temperature/top-p (see TemperatureTopP); HF's own
+                # warpers are switched off so nothing is applied twice.
+                from transformers import LogitsProcessorList
 
-                    kwargs.update(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList(
-                        [TemperatureTopP(params.temperature, params.top_p)]))
-                    torch.manual_seed(params.seed + b)
-                else:  # keep greedy decoding free of sampling defaults from generation_config.json
-                    kwargs.update(temperature=None, top_p=None, top_k=None)
-                with torch.inference_mode():
-                    out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                              **kwargs)
-                new = out[:, width:].tolist()
-                for row, i in enumerate(idx):
-                    comps = []
-                    for seq in new[row * n : (row + 1) * n]:
-                        finished = False
-                        for k, t in enumerate(seq):
-                            if t in self.eos_ids:
-                                seq, finished = seq[:k], True
-                                break
-                        text = self.tokenizer.decode(seq, skip_special_tokens=True)
-                        text, stopped = _apply_stop(text, params.stop)
-                        tokens += len(seq)
-                        comps.append(Completion(text, len(seq), "stop" if finished or stopped else "length"))
-                    results[i] = GenerationOutput(comps)
-                elapsed = time.perf_counter() - start
-                bar.update(task, advance=len(idx), tps=tokens / max(elapsed, 1e-9))
-        self.stats["tokens"] += tokens
-        self.stats["seconds"] += time.perf_counter() - start
+                kwargs.update(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList(
+                    [TemperatureTopP(params.temperature, params.top_p)]))
+                torch.manual_seed(params.seed + b)
+            else:  # keep greedy decoding free of sampling defaults from generation_config.json
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            with torch.inference_mode():
+                out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                          **kwargs)
+            new = out[:, width:].tolist()
+            batch_tokens = 0
+            for row, i in enumerate(idx):
+                comps = []
+                for seq in new[row * n : (row + 1) * n]:
+                    finished = False
+                    for k, t in enumerate(seq):
+                        if t in self.eos_ids:
+                            seq, finished = seq[:k], True
+                            break
+                    batch_tokens += len(seq)
+                    comps.append(self._completion(seq, finished, params))
+                results[i] = GenerationOutput(comps)
+            report(batch_tokens, len(idx))
         return results  # type: ignore[return-value]
 
 
