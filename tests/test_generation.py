@@ -242,11 +242,29 @@ def test_fast_sampling_reproducible_in_new_process(tiny_path, chaotic):
 def test_inverse_cdf_sampling_picks_the_interval_of_u():
     import torch
 
-    from rational.engine import sample_from
+    from rational.generation import sample_from
 
     probs = torch.tensor([[0.25, 0.0, 0.5, 0.25]]).repeat(6, 1)  # exact in float32: boundaries at 0.25, 0.75
     u = torch.tensor([0.0, 0.2, 0.25, 0.7, 0.75, 0.9999999])
     assert sample_from(probs, u).tolist() == [0, 0, 2, 2, 3, 3]  # never the zero-probability token 1
+
+
+def test_sample_draws_from_the_kept_nucleus():
+    import torch
+
+    from rational.generation import TemperatureTopP
+
+    torch.manual_seed(0)
+    logits = torch.cat([torch.randn(4, 3000) * 4, torch.randn(2, 3000) * 0.01])  # peaked rows, flat rows (fallback)
+    grid = (torch.arange(4000) + 0.5) / 4000  # evenly spaced draws: counts follow the probabilities
+    for t, p in ((0.7, 0.95), (1.0, 1.0), (1.3, 0.5)):
+        warper = TemperatureTopP(t, p, k=64)
+        want = warper(None, logits.clone()).softmax(-1)
+        for r in range(len(logits)):
+            picks = warper.sample(logits[r : r + 1].expand(len(grid), -1), grid)
+            freq = torch.bincount(picks, minlength=logits.shape[1]) / len(grid)
+            assert set(picks.tolist()) <= set(want[r].nonzero().flatten().tolist())  # only kept tokens
+            assert (freq - want[r]).abs().max() < 2 / len(grid) + 1e-6, (t, p, r)
 
 
 def test_fast_engine_stop_strings(chaotic):

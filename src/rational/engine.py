@@ -142,17 +142,6 @@ def _row_seed(seed: int, prompt: int, sample: int) -> int:
     return int(np.random.SeedSequence([seed % 2**63, prompt, sample]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def sample_from(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF sampling: row r takes the token whose cumulative-probability interval holds u[r] in [0, 1).
-
-    Same distribution as `torch.multinomial`, but vectorised over rows that each bring their own uniform draw.
-    `right=True` skips tokens of probability 0 (their interval is empty).
-    """
-    cdf = probs.cumsum(-1)
-    picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
-    return picked.clamp(max=probs.shape[-1] - 1)  # u * total rounding up to the total
-
-
 class Engine:
     """Generates token ids for tokenized prompts; `HFGenerator` wraps it with chat templates and text decoding.
 
@@ -226,9 +215,8 @@ class Engine:
             # Greedy. `max` returns the first maximal index, like `argmax` in model.generate, and is exact on bf16
             # logits (their float32 copy holds the same values): measured 3x faster than float32 argmax at 128 rows.
             return logits.max(-1).indices.tolist()
-        probs = warper(None, logits.float()).softmax(-1)
         u = torch.stack([torch.rand((), generator=s.rng) for s in seqs])  # one draw per sequence, own stream
-        return sample_from(probs, u).tolist()
+        return warper.sample(logits, u).tolist()
 
     def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, stop_check: Callable[[list[int]], bool] | None = None,

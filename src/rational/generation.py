@@ -88,12 +88,24 @@ class TemperatureTopP:
     top few hundred tokens, so only those are sorted (`topk`); a row whose top-`k` mass is still below `top_p`
     falls back to the full sort, so the kept set is exactly the one the full sort would keep: the smallest set
     of most likely tokens whose probability mass reaches `top_p`.
+
+    As a logits processor (`__call__`, for `model.generate`) it masks the other tokens; `sample` (the fast engine)
+    draws from the same kept set and probabilities directly, without the full-vocabulary mask, second softmax and
+    cumulative sum that sampling from the masked scores costs.
     """
 
     def __init__(self, temperature: float, top_p: float, k: int = 256):
         self.temperature = temperature
         self.top_p = top_p
         self.k = k
+
+    def _nucleus(self, probs, k: int):
+        """Top-k probabilities (largest first), their token ids, which of them the nucleus keeps, and whether
+        each row's nucleus lies inside its top k."""
+        top, idx = probs.topk(k, dim=-1)
+        cum = top.cumsum(-1)
+        keep = (cum - top) < self.top_p  # keep a token while the mass before it < top_p
+        return top, idx, keep, cum[:, -1] >= self.top_p
 
     def __call__(self, input_ids, scores):
         import torch
@@ -102,20 +114,42 @@ class TemperatureTopP:
         if self.top_p >= 1.0:
             return scores
         probs = scores.float().softmax(-1)
-        k = min(self.k, probs.shape[-1])
-        top, idx = probs.topk(k, dim=-1)  # sorted, largest first
-        cum = top.cumsum(-1)
+        top, idx, keep, inside = self._nucleus(probs, min(self.k, probs.shape[-1]))
         remove = torch.ones_like(probs, dtype=torch.bool)
-        remove.scatter_(1, idx, (cum - top) >= self.top_p)  # keep a token while the mass before it < top_p
-        short = cum[:, -1] < self.top_p
-        if short.any():  # rare: a flat distribution; do the full sort for those rows
-            rows = short.nonzero().flatten()
-            sp, si = probs[rows].sort(-1, descending=True)
-            c = sp.cumsum(-1)
-            sub = torch.ones_like(sp, dtype=torch.bool)
-            sub.scatter_(1, si, (c - sp) >= self.top_p)
+        remove.scatter_(1, idx, ~keep)
+        if not inside.all():  # rare: a flat distribution; do the full sort for those rows
+            rows = (~inside).nonzero().flatten()
+            _, sidx, skeep, _ = self._nucleus(probs[rows], probs.shape[-1])
+            sub = torch.ones_like(probs[rows], dtype=torch.bool)
+            sub.scatter_(1, sidx, ~skeep)
             remove[rows] = sub
         return scores.masked_fill(remove, float("-inf"))
+
+    def sample(self, scores, u):
+        """One token per row from the distribution `__call__` leaves; `u[r]` is row r's uniform draw in [0, 1)."""
+        probs = (scores / self.temperature).float().softmax(-1)
+        if self.top_p >= 1.0:
+            return sample_from(probs, u)
+        top, idx, keep, inside = self._nucleus(probs, min(self.k, probs.shape[-1]))
+        picked = idx.gather(1, sample_from(top * keep, u)[:, None]).squeeze(1)
+        if not inside.all():
+            rows = (~inside).nonzero().flatten()
+            stop, sidx, skeep, _ = self._nucleus(probs[rows], probs.shape[-1])
+            picked[rows] = sidx.gather(1, sample_from(stop * skeep, u[rows])[:, None]).squeeze(1)
+        return picked
+
+
+def sample_from(weights, u):
+    """Inverse-CDF sampling: row r takes the index whose cumulative-weight interval holds u[r] in [0, 1).
+
+    Same distribution as `torch.multinomial(weights, 1)`, but vectorised over rows that each bring their own
+    uniform draw. `right=True` skips entries of weight 0 (their interval is empty).
+    """
+    import torch
+
+    cdf = weights.cumsum(-1)
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    return picked.clamp(max=weights.shape[-1] - 1)  # u * total rounding up to the total
 
 
 class HFGenerator:
@@ -129,7 +163,8 @@ class HFGenerator:
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, batch_size: int = 8, model_name: str = "", engine: str = "fast"):
+    def __init__(self, model, tokenizer, batch_size: int = 8, model_name: str = "", engine: str = "fast",
+                 engine_options: dict | None = None):
         if engine not in ENGINES:
             raise UserError(f"unknown generation engine '{engine}'; use one of: {', '.join(ENGINES)}")
         from .engine import supports
@@ -140,17 +175,19 @@ class HFGenerator:
         self.batch_size = max(1, int(batch_size))
         self.model_name = model_name
         self.engine = engine if supports(model) else "hf"
+        self.engine_options = engine_options or {}  # extra `engine.Engine` arguments (benchmarks switch parts off)
         self.eos_ids = stop_token_ids(tokenizer)
         self.stats = {"tokens": 0, "seconds": 0.0}
 
     @classmethod
     def load(cls, spec: str, adapter: str | None = None, dtype: str = "auto", batch_size: int = 8,
-             trust_remote_code: bool = False, device: str | None = None, engine: str = "fast"):
+             trust_remote_code: bool = False, device: str | None = None, engine: str = "fast",
+             engine_options: dict | None = None):
         from .models import load_model_and_tokenizer
 
         model, tok = load_model_and_tokenizer(spec, adapter=adapter, dtype=dtype, device=device,
                                               trust_remote_code=trust_remote_code)
-        return cls(model, tok, batch_size=batch_size, model_name=spec, engine=engine)
+        return cls(model, tok, batch_size=batch_size, model_name=spec, engine=engine, engine_options=engine_options)
 
     def encode(self, chat: Chat) -> list[int]:
         ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
@@ -183,7 +220,7 @@ class HFGenerator:
     def _generate_fast(self, encoded: list[list[int]], params: SamplingParams, report) -> list[GenerationOutput]:
         from .engine import Engine
 
-        engine = Engine(self.model, self.eos_ids, self.tokenizer.pad_token_id, self.batch_size)
+        engine = Engine(self.model, self.eos_ids, self.tokenizer.pad_token_id, self.batch_size, **self.engine_options)
         stop_check = None
         if params.stop:  # stop as soon as a stop string shows up in the text, not only at EOS / the length limit
             def stop_check(tokens: list[int]) -> bool:
