@@ -1,13 +1,17 @@
 """One generation interface for every stage: `generator.generate(chats, params) -> outputs`.
 
 Backends
-  * `hf` (default): transformers `generate` with real batching — prompts sorted by length, left padded,
-    KV cache, stop at EOS/end-of-turn — and a rich progress bar showing tokens/s.
+  * `hf` (default): transformers models in this process, a rich progress bar showing tokens/s. Its default
+    engine (`engine.py`) prefills shared prompt prefixes once, drops finished rows from the batch and stops at
+    EOS/end-of-turn tokens and stop strings; `engine="hf"` runs transformers' `model.generate` instead
+    (prompts sorted by length, left padded).
   * `vllm`: optional, imported only when chosen; adapters through `LoRARequest`.
   * `openai`: any OpenAI-compatible endpoint (`--base-url`), bounded concurrency, retries.
 
 A chat is a list of `{"role", "content"}` messages. At temperature 0 decoding is greedy, so results are
-deterministic and do not depend on batching; with sampling, each batch is seeded from `params.seed`.
+deterministic (in float32 they do not depend on batching; bf16 batches may differ in rare near-ties). With
+sampling, the fast engine seeds every sample from (`params.seed`, prompt index, sample index), the `model.generate`
+path each batch from `params.seed`.
 """
 
 from __future__ import annotations
