@@ -205,6 +205,18 @@ def test_fast_engine_shares_prefixes_and_retires(chaotic, monkeypatch):
     assert calls[-1][0][0] < first_step[0][0]
 
 
+def test_sliding_window_models_fall_back_to_generate(chaotic):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    _, tok, _ = chaotic
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True, sliding_window=8,
+                         max_window_layers=1)
+    assert HFGenerator(Qwen2ForCausalLM(config).eval(), tok).engine == "hf"  # the fast cache is full-attention only
+    with pytest.raises(UserError, match="unknown generation engine"):
+        HFGenerator(Qwen2ForCausalLM(config).eval(), tok, engine="vllm")
+
+
 def test_prefix_groups():
     from rational.engine import prefix_groups
 
