@@ -113,3 +113,183 @@ def test_fast_top_p_matches_transformers_warpers():
             assert torch.equal(torch.isinf(ref), torch.isinf(ours)), (t, p)
             kept = ~torch.isinf(ref)
             assert torch.allclose(ref[kept], ours[kept])
+
+
+# ------------------------------------------------------------------ fast engine (engine.py) vs model.generate
+
+SYSTEM = "You are a careful assistant. Before answering, check the request's intent, context and impact. " * 3
+# Mixed prompt lengths; five rows share a long system prompt (prefix sharing), the others share only the template.
+MIXED = CHATS + [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": u}]
+                 for u in ("hi", "How do I bake bread?", "kill the process " * 6, "0123", "Sure! Here is how.")]
+
+
+@pytest.fixture(scope="module")
+def chaotic(tiny_path):
+    return chaotic_model(tiny_path)
+
+
+def chaotic_model(tiny_path):
+    """tiny-random with its weights redrawn at std 0.3, in float32.
+
+    tiny-random's own init greedily repeats one token forever, so any two engines would agree trivially; these
+    weights give varied text. The tokens "row" and "en" become extra stop tokens, so rows end at varied steps
+    (the first at step 0), and others run into max_new_tokens.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rational.models import load_tokenizer, resolve
+
+    tok = load_tokenizer(resolve(tiny_path))
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if "norm" in name else 0.0))
+    return model, tok, tok.convert_tokens_to_ids(["row", "en"])
+
+
+def _engines(chaotic, batch_size):
+    model, tok, extra_stop = chaotic
+    fast = HFGenerator(model, tok, batch_size=batch_size)
+    slow = HFGenerator(model, tok, batch_size=batch_size, engine="hf")
+    for g in (fast, slow):
+        g.eos_ids = g.eos_ids + extra_stop
+    assert fast.engine == "fast" and slow.engine == "hf"
+    return fast, slow
+
+
+def _rows(outs):
+    return [(c.text, c.num_tokens, c.finish_reason) for o in outs for c in o.completions]
+
+
+@pytest.mark.parametrize("batch_size,max_new_tokens", [(4, 24), (3, 12), (16, 24), (1, 5)])
+def test_fast_engine_greedy_equals_generate(chaotic, batch_size, max_new_tokens):
+    fast, slow = _engines(chaotic, batch_size)
+    params = SamplingParams(max_new_tokens=max_new_tokens)
+    ours, theirs = _rows(fast.generate(MIXED, params, progress=False)), _rows(slow.generate(MIXED, params, progress=False))
+    assert ours == theirs
+    lengths = {n for _, n, _ in ours}
+    reasons = {r for _, _, r in ours}
+    if max_new_tokens > 5:  # the test is only as good as its variety: rows stop at several steps, some run out
+        assert len(lengths) >= 4 and 0 in lengths and reasons == {"stop", "length"}, ours
+
+
+def test_fast_engine_greedy_n_samples(chaotic):
+    # model.generate refuses greedy n > 1; the fast engine returns n copies of the greedy answer.
+    fast, slow = _engines(chaotic, 4)
+    ours = fast.generate(MIXED, SamplingParams(max_new_tokens=16, n=3), progress=False)
+    theirs = _rows(slow.generate(MIXED, SamplingParams(max_new_tokens=16), progress=False))
+    assert [len(o.completions) for o in ours] == [3] * len(MIXED)
+    assert _rows(ours) == [r for r in theirs for _ in range(3)]
+
+
+def test_fast_engine_shares_prefixes_and_retires(chaotic, monkeypatch):
+    from rational import engine
+
+    fast, slow = _engines(chaotic, 16)
+    calls = []
+    forward = engine.Engine._forward
+
+    def spy(self, ids, mask, positions, cache):
+        calls.append((tuple(ids.shape), mask.shape[1]))
+        return forward(self, ids, mask, positions, cache)
+
+    monkeypatch.setattr(engine.Engine, "_forward", spy)
+    fast.generate(MIXED, SamplingParams(max_new_tokens=24), progress=False)
+    prefix, suffix, first_step = calls[0], calls[1], calls[2]
+    widest = max(len(fast.encode(c)) for c in MIXED)  # a system-prompt row: model.generate's prefill width
+    assert prefix[0][0] == 1 and prefix[0][1] > 40  # one row: the long system prompt, run once
+    assert suffix[0][0] == len(MIXED) and suffix[0][1] < widest - 40  # every row's own suffix
+    assert first_step[0] == (len(MIXED) - 1, 1)  # the row that stopped at step 0 left the batch
+    assert calls[-1][0][0] < first_step[0][0]
+
+
+def test_sliding_window_models_fall_back_to_generate(chaotic):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    _, tok, _ = chaotic
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True, sliding_window=8,
+                         max_window_layers=1)
+    assert HFGenerator(Qwen2ForCausalLM(config).eval(), tok).engine == "hf"  # the fast cache is full-attention only
+    with pytest.raises(UserError, match="unknown generation engine"):
+        HFGenerator(Qwen2ForCausalLM(config).eval(), tok, engine="vllm")
+
+
+def test_prefix_groups():
+    from rational.engine import prefix_groups
+
+    a, b = [1, 2, 3, 4, 5], [1, 2, 3, 9]
+    assert prefix_groups([a, [7, 7], b, a + [6]], 3) == [[0, 3, 2], [1]]
+    assert prefix_groups([a, b], 4) == [[0], [1]]
+
+
+def test_fast_sampling_reproducible_in_new_process(tiny_path, chaotic):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    fast, _ = _engines(chaotic, 4)
+    params = SamplingParams(max_new_tokens=12, temperature=0.7, top_p=0.95, n=2, seed=11)
+    here = [[c.text for c in o.completions] for o in fast.generate(MIXED, params, progress=False)]
+    assert len({t for row in here for t in row}) > len(MIXED)  # samples differ
+    # Batch composition does not change a sample: each sequence has its own random stream.
+    fast.batch_size = 3
+    assert [[c.text for c in o.completions] for o in fast.generate(MIXED, params, progress=False)] == here
+    code = (
+        "import json, sys, torch; sys.path.insert(0, 'tests');"
+        "from test_backends import MIXED, chaotic_model, _engines; from rational.backends import SamplingParams;"
+        f"fast, _ = _engines(chaotic_model({tiny_path!r}), 4);"
+        f"p = SamplingParams(max_new_tokens=12, temperature=0.7, top_p=0.95, n=2, seed=11);"
+        "print(json.dumps([[c.text for c in o.completions] for o in fast.generate(MIXED, p, progress=False)]))"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.path.join(root, "src"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == here
+
+
+def test_inverse_cdf_sampling_picks_the_interval_of_u():
+    import torch
+
+    from rational.backends import sample_from
+
+    probs = torch.tensor([[0.25, 0.0, 0.5, 0.25]]).repeat(6, 1)  # exact in float32: boundaries at 0.25, 0.75
+    u = torch.tensor([0.0, 0.2, 0.25, 0.7, 0.75, 0.9999999])
+    assert sample_from(probs, u).tolist() == [0, 0, 2, 2, 3, 3]  # never the zero-probability token 1
+
+
+def test_sample_draws_from_the_kept_nucleus():
+    import torch
+
+    from rational.backends import TemperatureTopP
+
+    torch.manual_seed(0)
+    logits = torch.cat([torch.randn(4, 3000) * 4, torch.randn(2, 3000) * 0.01])  # peaked rows, flat rows (fallback)
+    grid = (torch.arange(4000) + 0.5) / 4000  # evenly spaced draws: counts follow the probabilities
+    for t, p in ((0.7, 0.95), (1.0, 1.0), (1.3, 0.5)):
+        warper = TemperatureTopP(t, p, k=64)
+        want = warper(None, logits.clone()).softmax(-1)
+        for r in range(len(logits)):
+            picks = warper.sample(logits[r : r + 1].expand(len(grid), -1), grid)
+            freq = torch.bincount(picks, minlength=logits.shape[1]) / len(grid)
+            assert set(picks.tolist()) <= set(want[r].nonzero().flatten().tolist())  # only kept tokens
+            assert (freq - want[r]).abs().max() < 2 / len(grid) + 1e-6, (t, p, r)
+
+
+def test_fast_engine_stop_strings(chaotic):
+    fast, slow = _engines(chaotic, 4)
+    full = fast.generate(MIXED, SamplingParams(max_new_tokens=24), progress=False)
+    stop = next(o.text[3:5] for o in full if len(o.text) > 8)
+    params = SamplingParams(max_new_tokens=24, stop=[stop])
+    ours, theirs = fast.generate(MIXED, params, progress=False), slow.generate(MIXED, params, progress=False)
+    assert [(c.text, c.finish_reason) for c in _flat(ours)] == [(c.text, c.finish_reason) for c in _flat(theirs)]
+    # The fast engine stops decoding at the stop string, model.generate only at a stop token or the limit.
+    assert all(a.num_tokens <= b.num_tokens for a, b in zip(_flat(ours), _flat(theirs)))
+    assert any(a.num_tokens < b.num_tokens for a, b in zip(_flat(ours), _flat(theirs)))
+
+
+def _flat(outs):
+    return [c for o in outs for c in o.completions]

@@ -1,13 +1,17 @@
 """Inference backends behind one generation interface for every stage: `generator.generate(chats, params)`.
 
 Backends
-  * `hf` (default): transformers `generate` with real batching — prompts sorted by length, left padded,
-    KV cache, stop at EOS/end-of-turn — and a rich progress bar showing tokens/s.
+  * `hf` (default): transformers models in this process, a rich progress bar showing tokens/s. Its default
+    engine (`engine.py`) prefills shared prompt prefixes once, drops finished rows from the batch and stops at
+    EOS/end-of-turn tokens and stop strings; `engine="hf"` runs transformers' `model.generate` instead
+    (prompts sorted by length, left padded).
   * `vllm`: optional, imported only when chosen; adapters through `LoRARequest`.
   * `openai`: any OpenAI-compatible endpoint (`--base-url`), bounded concurrency, retries.
 
 A chat is a list of `{"role", "content"}` messages. At temperature 0 decoding is greedy, so results are
-deterministic and do not depend on batching; with sampling, each batch is seeded from `params.seed`.
+deterministic (in float32 they do not depend on batching; bf16 batches may differ in rare near-ties). With
+sampling, the fast engine seeds every sample from (`params.seed`, prompt index, sample index), the `model.generate`
+path each batch from `params.seed`.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from .engine import Engine, TemperatureTopP, sample_from, supports  # noqa: F401 (sample_from: re-export)
 from .errors import UserError
 from .models import load_model_and_tokenizer, load_tokenizer, resolve, stop_token_ids
 from .reasoning import DEFAULT_FORMAT, ReasoningFormat, join_reasoning
 
 Chat = list[dict[str, str]]
 BACKENDS = ("hf", "vllm", "openai", "scripted")
+ENGINES = ("fast", "hf")  # HFGenerator engines
 
 
 @dataclass
@@ -96,63 +102,37 @@ def _progress(total: int, desc: str, enabled: bool):
     )
 
 
-class TemperatureTopP:
-    """Temperature + exact nucleus (top-p) filtering that does not sort the whole vocabulary.
-
-    transformers' TopPLogitsWarper sorts every row's ~150k logits at every decoding step: 0.22 s for 32 rows on
-    2 CPU cores (measured), about as long as the forward pass itself. The nucleus nearly always lies within the
-    top few hundred tokens, so only those are sorted (`topk`); a row whose top-`k` mass is still below `top_p`
-    falls back to the full sort, so the kept set is exactly the one the full sort would keep: the smallest set
-    of most likely tokens whose probability mass reaches `top_p`.
-    """
-
-    def __init__(self, temperature: float, top_p: float, k: int = 256):
-        self.temperature = temperature
-        self.top_p = top_p
-        self.k = k
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        scores = scores / self.temperature
-        if self.top_p >= 1.0:
-            return scores
-        probs = scores.float().softmax(-1)
-        k = min(self.k, probs.shape[-1])
-        top, idx = probs.topk(k, dim=-1)  # sorted, largest first
-        cum = top.cumsum(-1)
-        remove = torch.ones_like(probs, dtype=torch.bool)
-        remove.scatter_(1, idx, (cum - top) >= self.top_p)  # keep a token while the mass before it < top_p
-        short = cum[:, -1] < self.top_p
-        if short.any():  # rare: a flat distribution; do the full sort for those rows
-            rows = short.nonzero().flatten()
-            sp, si = probs[rows].sort(-1, descending=True)
-            c = sp.cumsum(-1)
-            sub = torch.ones_like(sp, dtype=torch.bool)
-            sub.scatter_(1, si, (c - sp) >= self.top_p)
-            remove[rows] = sub
-        return scores.masked_fill(remove, float("-inf"))
-
-
 class HFGenerator:
-    """Batched generation with transformers. Loads through the model resolver (`models.py`)."""
+    """Batched generation with transformers. Loads through the model resolver (`models.py`).
+
+    engine="fast" (default): `engine.Engine`, a decoding loop that prefills shared prompt prefixes once and retires
+    finished rows (see engine.py). engine="hf": transformers' `model.generate` on left-padded, length-sorted
+    batches, kept for comparison and for models the fast engine does not support (sliding-window or
+    linear-attention layers), which fall back to it.
+    """
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, batch_size: int = 8, model_name: str = ""):
+    def __init__(self, model, tokenizer, batch_size: int = 8, model_name: str = "", engine: str = "fast",
+                 engine_options: dict | None = None):
+        if engine not in ENGINES:
+            raise UserError(f"unknown generation engine '{engine}'; use one of: {', '.join(ENGINES)}")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
         self.model_name = model_name
+        self.engine = engine if supports(model) else "hf"
+        self.engine_options = engine_options or {}  # extra `engine.Engine` arguments (benchmarks switch parts off)
         self.eos_ids = stop_token_ids(tokenizer)
         self.stats = {"tokens": 0, "seconds": 0.0}
 
     @classmethod
     def load(cls, spec: str, adapter: str | None = None, dtype: str = "auto", batch_size: int = 8,
-             trust_remote_code: bool = False, device: str | None = None):
+             trust_remote_code: bool = False, device: str | None = None, engine: str = "fast",
+             engine_options: dict | None = None):
         model, tok = load_model_and_tokenizer(spec, adapter=adapter, dtype=dtype, device=device,
                                               trust_remote_code=trust_remote_code)
-        return cls(model, tok, batch_size=batch_size, model_name=spec)
+        return cls(model, tok, batch_size=batch_size, model_name=spec, engine=engine, engine_options=engine_options)
 
     def encode(self, chat: Chat) -> list[int]:
         return chat_ids(self.tokenizer, chat)
@@ -174,63 +154,90 @@ class HFGenerator:
         keep = max(1, max_tokens - overhead)
         return chat[:-1] + [{**chat[-1], "content": self.tokenizer.decode(ids[-keep:])}]
 
+    def _completion(self, tokens: list[int], stopped: bool, params: SamplingParams) -> Completion:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        text, cut = _apply_stop(text, params.stop)
+        return Completion(text, len(tokens), "stop" if stopped or cut else "length")
+
     def generate(self, chats: list[Chat], params: SamplingParams, progress: bool = True,
                  desc: str = "generating") -> list[GenerationOutput]:
+        encoded = [self.encode(c) for c in chats]
+        start = time.perf_counter()
+        with _progress(len(chats), desc, progress) as bar:
+            task = bar.add_task(desc, total=len(chats), tps=0.0)
+            tokens = 0
+
+            def report(new_tokens: int, finished_prompts: int) -> None:
+                nonlocal tokens
+                tokens += new_tokens
+                bar.update(task, advance=finished_prompts, tps=tokens / max(time.perf_counter() - start, 1e-9))
+
+            run = self._generate_fast if self.engine == "fast" else self._generate_hf
+            results = run(encoded, params, report)
+        self.stats["tokens"] += tokens
+        self.stats["seconds"] += time.perf_counter() - start
+        return results
+
+    def _generate_fast(self, encoded: list[list[int]], params: SamplingParams, report) -> list[GenerationOutput]:
+        engine = Engine(self.model, self.eos_ids, self.tokenizer.pad_token_id, self.batch_size, **self.engine_options)
+        stop_check = None
+        if params.stop:  # stop as soon as a stop string shows up in the text, not only at EOS / the length limit
+            def stop_check(tokens: list[int]) -> bool:
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                return any(s in text for s in params.stop)
+
+        seqs = engine.generate(encoded, max(1, params.n), params.max_new_tokens, temperature=params.temperature,
+                               top_p=params.top_p, seed=params.seed, stop_check=stop_check, on_step=report)
+        return [GenerationOutput([self._completion(s.tokens, s.stopped, params) for s in row]) for row in seqs]
+
+    def _generate_hf(self, encoded: list[list[int]], params: SamplingParams, report) -> list[GenerationOutput]:
         import torch
 
-        encoded = [self.encode(c) for c in chats]
         # Longest first: similar lengths share a batch (less padding), and an OOM shows up at once.
-        order = sorted(range(len(chats)), key=lambda i: -len(encoded[i]))
-        results: list[GenerationOutput | None] = [None] * len(chats)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        results: list[GenerationOutput | None] = [None] * len(encoded)
         pad_id = self.tokenizer.pad_token_id
         device = self.model.device
         n = max(1, params.n)
         do_sample = params.temperature > 0
-        start, tokens = time.perf_counter(), 0
-        with _progress(len(chats), desc, progress) as bar:
-            task = bar.add_task(desc, total=len(chats), tps=0.0)
-            for b, lo in enumerate(range(0, len(order), self.batch_size)):
-                idx = order[lo : lo + self.batch_size]
-                width = max(len(encoded[i]) for i in idx)
-                input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-                attention = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):  # left padding
-                    ids = encoded[i]
-                    input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                    attention[row, width - len(ids) :] = 1
-                kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=do_sample, num_return_sequences=n,
-                              eos_token_id=self.eos_ids, pad_token_id=pad_id, use_cache=True)
-                if do_sample:
-                    # Our own warper replaces transformers' temperature/top-p (see TemperatureTopP); HF's own
-                    # warpers are switched off so nothing is applied twice.
-                    from transformers import LogitsProcessorList
+        for b, lo in enumerate(range(0, len(order), self.batch_size)):
+            idx = order[lo : lo + self.batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):  # left padding
+                ids = encoded[i]
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention[row, width - len(ids) :] = 1
+            kwargs = dict(max_new_tokens=params.max_new_tokens, do_sample=do_sample, num_return_sequences=n,
+                          eos_token_id=self.eos_ids, pad_token_id=pad_id, use_cache=True)
+            if do_sample:
+                # Our own warper replaces transformers' temperature/top-p (see TemperatureTopP); HF's own
+                # warpers are switched off so nothing is applied twice.
+                from transformers import LogitsProcessorList
 
-                    kwargs.update(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList(
-                        [TemperatureTopP(params.temperature, params.top_p)]))
-                    torch.manual_seed(params.seed + b)
-                else:  # keep greedy decoding free of sampling defaults from generation_config.json
-                    kwargs.update(temperature=None, top_p=None, top_k=None)
-                with torch.inference_mode():
-                    out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                              **kwargs)
-                new = out[:, width:].tolist()
-                for row, i in enumerate(idx):
-                    comps = []
-                    for seq in new[row * n : (row + 1) * n]:
-                        finished = False
-                        for k, t in enumerate(seq):
-                            if t in self.eos_ids:
-                                seq, finished = seq[:k], True
-                                break
-                        text = self.tokenizer.decode(seq, skip_special_tokens=True)
-                        text, stopped = _apply_stop(text, params.stop)
-                        tokens += len(seq)
-                        comps.append(Completion(text, len(seq), "stop" if finished or stopped else "length"))
-                    results[i] = GenerationOutput(comps)
-                elapsed = time.perf_counter() - start
-                bar.update(task, advance=len(idx), tps=tokens / max(elapsed, 1e-9))
-        self.stats["tokens"] += tokens
-        self.stats["seconds"] += time.perf_counter() - start
+                kwargs.update(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList(
+                    [TemperatureTopP(params.temperature, params.top_p)]))
+                torch.manual_seed(params.seed + b)
+            else:  # keep greedy decoding free of sampling defaults from generation_config.json
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            with torch.inference_mode():
+                out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                          **kwargs)
+            new = out[:, width:].tolist()
+            batch_tokens = 0
+            for row, i in enumerate(idx):
+                comps = []
+                for seq in new[row * n : (row + 1) * n]:
+                    finished = False
+                    for k, t in enumerate(seq):
+                        if t in self.eos_ids:
+                            seq, finished = seq[:k], True
+                            break
+                    batch_tokens += len(seq)
+                    comps.append(self._completion(seq, finished, params))
+                results[i] = GenerationOutput(comps)
+            report(batch_tokens, len(idx))
         return results  # type: ignore[return-value]
 
 
