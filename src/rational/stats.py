@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 
 
@@ -86,3 +87,37 @@ def binary_agreement(pred: Sequence[bool], gold: Sequence[bool]) -> dict:
         "kappa": None if math.isnan(kappa) else round(kappa, 4),
         "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": len(gold) - tp - fp - fn},
     }
+
+
+def cohen_kappa_labels(pred: Sequence, gold: Sequence) -> float:
+    """Cohen's kappa for two raters over any labels (bools, class names, ...); nan when chance agreement is 1."""
+    n = len(gold)
+    if n == 0 or len(pred) != n:
+        return math.nan
+    po = sum(p == g for p, g in zip(pred, gold)) / n
+    pred_counts, gold_counts = Counter(pred), Counter(gold)
+    pe = sum(pred_counts[c] * gold_counts[c] for c in pred_counts) / (n * n)
+    return math.nan if pe >= 1 else (po - pe) / (1 - pe)
+
+
+def kappa_ci(pred: Sequence, gold: Sequence, n_boot: int = 2000, seed: int = 0,
+             alpha: float = 0.05) -> tuple[float, float, float]:
+    """(kappa, lo, hi): Cohen's kappa with a percentile bootstrap interval over items (resampled pairs).
+
+    Resamples where kappa is undefined (one label only) are skipped; (nan, nan, nan) for an empty input.
+    """
+    kappa = cohen_kappa_labels(pred, gold)
+    if math.isnan(kappa):
+        return (kappa, math.nan, math.nan)
+    rng = random.Random(seed)
+    pairs = list(zip(pred, gold))
+    draws = []
+    for _ in range(n_boot):
+        sample = rng.choices(pairs, k=len(pairs))
+        k = cohen_kappa_labels([p for p, _ in sample], [g for _, g in sample])
+        if not math.isnan(k):
+            draws.append(k)
+    draws.sort()
+    lo = draws[math.floor(alpha / 2 * (len(draws) - 1))]
+    hi = draws[math.ceil((1 - alpha / 2) * (len(draws) - 1))]
+    return (kappa, lo, hi)
