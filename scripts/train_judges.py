@@ -721,8 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     features = Features(out, {"xstest": xstest, "harm": harm, "pyrit": pyrit}, args.batch_size)
     for model_spec, input_format in itertools.product(args.models, args.formats):
         resolve(model_spec)
-        for dataset in ("xstest", "harm", "pyrit"):
-            features.states(model_spec, input_format, dataset)
+        for dataset, (rows, files) in features.datasets.items():  # fill the cache; nothing stays in memory
+            cached_states(out, dataset, rows, files, model_spec, input_format, args.batch_size)
     if args.stage == "extract":
         return 0
 
