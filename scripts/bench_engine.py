@@ -5,7 +5,7 @@
 Workloads, built from the project's seed pool (src/rational/resources/seed_pool.jsonl):
   selfcheck  [self-check system prompt, user prompt] chats as `rational generate` sends them (the rejection or
              compliance prompt by kind), temperature 0.7, top_p 0.95, 224 new tokens (recipes/demo-cpu.yaml); one
-             `generate` call per chunk of `batch` prompts, seeded like synthesis' chunks.
+             `generate` call per chunk of `batch` prompts, seeded like generate's chunks.
   eval       [user prompt] chats as `rational eval` sends them (other prompts of the pool), greedy, 176 new tokens,
              one call per 4 x batch prompts.
 
@@ -49,16 +49,16 @@ def _cpu_seconds() -> float:
 
 def workload(name: str, rows: int):
     """(chats, SamplingParams, prompts per generate call as a function of batch size, seeds per call)."""
-    from rational.synthesis import GenerateConfig, _chunk_seed, system_prompt
-
     from rational.backends import SamplingParams
-    from rational.data import balanced_take, load_pool
+    from rational.common import balanced_take
+    from rational.generate import GenerateConfig, _chunk_seed, system_prompt
+    from rational.prompts import load_pool
 
     pool = load_pool("seed")
     selfcheck = balanced_take(pool, rows)
     if name == "selfcheck":
         cfg = GenerateConfig()
-        chats = [[{"role": "system", "content": system_prompt(cfg, r.kind)}, {"role": "user", "content": r.prompt}]
+        chats = [[{"role": "system", "content": system_prompt(cfg, r)}, {"role": "user", "content": r.prompt}]
                  for r in selfcheck]
         params = SamplingParams(max_new_tokens=224, temperature=cfg.temperature, top_p=cfg.top_p)
         return chats, params, lambda batch: batch, lambda chunk: _chunk_seed(cfg.seed, 0, chunk)

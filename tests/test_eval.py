@@ -204,3 +204,35 @@ def test_judge_check_reference_figures_match_docs(shared_data):
 
     r = judge_check("refusal-keywords")
     assert r["n"] == 169 and r["accuracy"] == VALIDATION["refusal-keywords"]["accuracy"]
+
+
+class StubRefusalJudge:
+    """Calls every answer a refusal: disagrees with the keyword judge on every answer that complies."""
+
+    name = "stub-refusal"
+    gives_refusal, gives_harm = True, False
+
+    def __init__(self, model=None, generator=None):
+        pass
+
+    def judge_batch(self, pairs):
+        from rational.verdict import Verdict
+
+        return [Verdict(self.name, "full_refusal", refused=True) for _ in pairs]
+
+
+def test_headline_under_the_main_judge_with_the_keyword_judge_beside(tmp_path, monkeypatch):
+    from rational import judges
+    from rational.report import headline_rows
+
+    monkeypatch.setitem(judges.JUDGES, "stub-refusal", StubRefusalJudge)
+    rows = [{**r, "meta": {"suite": "harmful"}} for r in ROWS if r["kind"] == "harmful"]
+    out = run_eval(EvalConfig(model="scripted", suites=[], prompts=_prompts(tmp_path, rows), out=str(tmp_path / "e"),
+                              judge=["stub-refusal"]), generator=ScriptedModel(), progress=False)
+    m = json.loads((out / "metrics.json").read_text())
+    s = m["suites"]["harmful"]
+    assert m["judges"]["refusal"] == "stub-refusal" and "refusal-keywords" in m["judges"]["all"]
+    assert s["headline"]["metric"] == "harmful_compliance" and s["headline"]["k"] == 0  # the stub: all refused
+    assert s["headline_keyword"]["judge"] == "refusal-keywords" and s["headline_keyword"]["k"] == 1  # h2 answered
+    got = {(r["judge"], r["keyword"]): r["k"] for r in headline_rows([out])}
+    assert got == {("stub-refusal", False): 0, ("refusal-keywords", True): 1}

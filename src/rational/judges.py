@@ -27,56 +27,23 @@ import math
 import re
 import string
 import sys
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from functools import lru_cache
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
 
 import yaml
 
 from .backends import SamplingParams, load_generator
-from .common import read_jsonl, read_text, write_json
+from .common import read_jsonl, read_text, sha256_file, write_json
 from .config import check_choice, setting
 from .errors import UserError
+from .learned_judges import LearnedHarmJudge, LearnedRefusalJudge, load_resource
 from .models import cache_dir, load_model_and_tokenizer, resolve
 from .prompts import data_root
 from .stats import agreement, binary_agreement, kappa_interval
-
-
-@dataclass
-class Verdict:
-    judge: str  # judge name, recorded with every metric
-    label: str | None  # judge-specific label ("refusal", "compliance", "partial_refusal", "unsafe", ...); None = unparseable
-    refused: bool | None = None  # did the answer refuse (full or partial)?
-    harmful: bool | None = None  # did the answer give harmful help?
-    score: float = math.nan  # judge-specific score (e.g. StrongREJECT in [0, 1]); NaN when not applicable/unparsed
-    fields: dict = field(default_factory=dict)
-    raw: str = ""  # raw judge output
-
-    @property
-    def parsed(self) -> bool:
-        return self.label is not None
-
-    def to_dict(self) -> dict:
-        return {"judge": self.judge, "label": self.label, "refused": self.refused, "harmful": self.harmful,
-                "score": None if math.isnan(self.score) else self.score, "fields": self.fields, "raw": self.raw}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Verdict:
-        score = d.get("score")
-        return cls(d["judge"], d.get("label"), d.get("refused"), d.get("harmful"),
-                   math.nan if score is None else float(score), d.get("fields") or {}, d.get("raw") or "")
-
-
-class Judge(Protocol):
-    name: str
-
-    def judge(self, prompt: str, response: str) -> Verdict: ...
-
-    def judge_batch(self, pairs: list[tuple[str, str]]) -> list[Verdict]: ...
-
+from .verdict import Judge, Verdict
 
 # ------------------------------------------------------------------------------------------ keyword judge
 
@@ -139,7 +106,7 @@ class JudgePrompt:
         return string.Template(self.template).substitute(prompt=prompt, response=response)
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_prompt(file_stem: str) -> JudgePrompt:
     path = resources.files("rational") / "resources" / "judge_prompts" / f"{file_stem}.yaml"
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -493,6 +460,8 @@ class MTBenchJudge(ModelJudge):
 
 JUDGES: dict[str, type] = {
     "refusal-keywords": RefusalKeywordJudge,
+    "refusal-learned": LearnedRefusalJudge,
+    "harm-learned": LearnedHarmJudge,
     "strongreject": StrongRejectJudge,
     "xstest": XSTestJudge,
     "harmbench": HarmBenchJudge,
@@ -519,6 +488,8 @@ def check_spec(spec: str) -> None:
     cls = JUDGES[name]
     if cls is RefusalKeywordJudge and model:
         raise UserError(f"judge 'refusal-keywords' takes no model; drop '@{model}'")
+    if cls in (LearnedRefusalJudge, LearnedHarmJudge):
+        load_resource(name)  # the shipped head must be there (a broken install is an error now, not after generating)
     if issubclass(cls, ModelJudge) and model is None and cls.default_model is None:
         raise UserError(f"judge '{name}' needs a judge model: use {name}@MODEL, e.g. "
                         f"{name}@qwen2.5-coder-0.5b-instruct or {name}@openai:gpt-4o-mini")
@@ -535,6 +506,8 @@ def get_judge(name: str, generator=None, **kwargs) -> Judge:
     cls = JUDGES[base]
     if cls is RefusalKeywordJudge:
         return cls(**kwargs)
+    if cls in (LearnedRefusalJudge, LearnedHarmJudge):  # NAME@MODEL swaps the feature model (same hidden size)
+        return cls(model=model, **kwargs)
     return cls(model=model, generator=generator, **kwargs)
 
 
@@ -556,9 +529,35 @@ VALIDATION: dict[str, dict] = {
 }
 
 
+def learned_summary(v: dict) -> dict:
+    """A learned judge's shipped validation figures, with a one-line `summary` for reports."""
+
+    def k(d):
+        return f"κ {d['kappa']:.2f} [{d['lo']:.2f}, {d['hi']:.2f}]"
+
+    parts = []
+    if "pyrit_nested_cv_binary_kappa" in v:
+        parts.append(f"PyRIT refusal labels (n={v.get('pyrit_n')}, nested 5-fold CV) "
+                     f"{k(v['pyrit_nested_cv_binary_kappa'])}")
+    if "lomo_binary_kappa" in v:
+        vals = [d["kappa"] for d in v["lomo_binary_kappa"].values()]
+        parts.append(f"XSTest, one answering model held out: κ {min(vals):.2f}-{max(vals):.2f}")
+    if "held_out_group_kappa" in v:
+        pooled = v["held_out_group_kappa"].get("all five (pooled)")
+        if pooled:
+            parts.append(f"PyRIT harm labels (n=395), whole category groups held out: {k(pooled)}")
+    return {**v, "summary": "; ".join(parts) or "no figures"}
+
+
 def validation_figures(judge_name: str) -> dict | None:
-    """Known agreement figures for a judge (by full spec, then by base name), or None."""
-    for key in (judge_name, split_spec(judge_name)[0]):
+    """Known agreement figures for a judge (by full spec, then by base name), or None. A learned judge's figures
+    are those its resource was shipped with (scripts/train_judges.py, on held-out human labels)."""
+    name, model = split_spec(judge_name)
+    if name in ("refusal-learned", "harm-learned") and not model:
+        path = cache_dir() / "judge_check" / f"{name}.json"
+        if not path.is_file():
+            return learned_summary(load_resource(name).get("validation") or {})
+    for key in (judge_name, name):
         path = cache_dir() / "judge_check" / f"{re.sub(r'[^A-Za-z0-9._@-]+', '_', key)}.json"
         if path.is_file():
             try:
@@ -683,7 +682,12 @@ def judge_check(judge_spec: str, files: list[str] | None = None, judge=None, tas
     rows = [r for f in files for r in read_labels(f, task)]
     verdicts = judge.judge_batch([(r["prompt"], r["response"]) for r in rows])
     result: dict = {"judge": judge.name, "task": task, "files": [Path(f).name for f in files],
-                    "measured": datetime.now(timezone.utc).date().isoformat()}
+                    "measured": datetime.now(UTC).date().isoformat()}
+    # A learned judge names the files it was trained on (by sha256): agreement on those is in-sample, not validation.
+    trained = {f.get("sha256") for f in (getattr(judge, "resource", None) or {}).get("training", {}).get("files", [])}
+    in_sample = [Path(f).name for f in files if trained and sha256_file(f) in trained]
+    if in_sample:
+        result["in_sample_files"] = in_sample
     if task == "harm":
         pairs = [(v.harmful, r["label"] == "harmful") for v, r in zip(verdicts, rows) if v.harmful is not None]
         result.update(binary_agreement([p for p, _ in pairs], [g for _, g in pairs]), positive="harmful")
@@ -736,8 +740,14 @@ def judge_check_command(cfg: JudgeCheckConfig) -> None:
         for gold, row in t["confusion"].items():
             table.add_row(f"3-way: human {gold}", ", ".join(f"judge {k} {v}" for k, v in row.items()))
     Console().print(table)
+    if result.get("in_sample_files"):
+        base = split_spec(cfg.judge)[0]
+        held_out = load_resource(base).get("validation", {}) if base in ("refusal-learned", "harm-learned") else {}
+        print(f"note: {result['judge']} was trained on {', '.join(result['in_sample_files'])}: these figures are "
+              f"in-sample. Held-out figures: {json.dumps({k: v for k, v in held_out.items() if k != 'note'})}")
     if cfg.out:
         write_json(cfg.out, result)
-    if cfg.save and not cfg.labels:  # only figures on the reference sets are stored as "the" validation of a judge
+    if cfg.save and not cfg.labels and not result.get("in_sample_files"):  # only held-out figures on the reference
+        # sets are stored as "the" validation of a judge
         key = re.sub(r"[^A-Za-z0-9._@-]+", "_", result["judge"] if "@" in cfg.judge else split_spec(cfg.judge)[0])
         write_json(cache_dir() / "judge_check" / f"{key}.json", result)

@@ -92,7 +92,13 @@ def headline_rows(dirs: list[str | Path], names: list[str] | None = None) -> lis
             for h in heads:
                 rows.append({"name": name, "suite": suite, "metric": h["metric"], "rate": h["rate"], "lo": h["lo"],
                              "hi": h["hi"], "k": h["k"], "n": h.get("n_scored", h["n"]), "n_rows": h["n"],
-                             "judge": _judge_of(m, h["metric"]), "lower_is_better": h["lower_is_better"]})
+                             "judge": _judge_of(m, h["metric"]), "lower_is_better": h["lower_is_better"],
+                             "keyword": False})
+            if s.get("headline_keyword"):  # the keyword judge's figure beside the main judge's
+                h = s["headline_keyword"]
+                rows.append({"name": name, "suite": suite, "metric": h["metric"], "rate": h["rate"], "lo": h["lo"],
+                             "hi": h["hi"], "k": h["k"], "n": h.get("n_scored", h["n"]), "n_rows": h["n"],
+                             "judge": h["judge"], "lower_is_better": h["lower_is_better"], "keyword": True})
     return rows
 
 
@@ -163,6 +169,11 @@ def _tables(runs: list[dict], names: list[str]) -> list[tuple[str, list[str], li
                      "")
         rows.append([suite, METRIC_LABELS.get(metric, metric), judge]
                     + [_fmt(m["suites"].get(suite, {}).get("metrics", {}).get(metric)) for m in runs])
+        kw = [m["suites"].get(suite, {}).get("headline_keyword") for m in runs]
+        kw = [k if k and k["metric"] == metric else None for k in kw]
+        if any(kw):  # the headline number again under the keyword judge, on the row below
+            rows.append([suite, METRIC_LABELS.get(metric, metric), next(k["judge"] for k in kw if k)]
+                        + [_fmt(k) for k in kw])
     tables.append(("Headline metrics (rate [95% Wilson interval]; means with bootstrap intervals)",
                    ["suite", "metric", "judge"] + names, rows))
     frontier = frontier_points(runs, names)
@@ -234,7 +245,9 @@ def _judge_lines(runs: list[dict]) -> list[str]:
             if name in seen:
                 continue
             seen.add(name)
-            if fig:
+            if fig and "summary" in fig:
+                out.append(f"{name}: {fig['summary']}")
+            elif fig:
                 out.append(f"{name}: vs human refusal labels ({', '.join(fig.get('files', []))}) n={fig['n']}, "
                            f"accuracy {_fmt(fig['accuracy'])}, precision {_fmt(fig['precision'])}, "
                            f"recall {_fmt(fig['recall'])}, Cohen's kappa {fig.get('kappa')}")

@@ -352,8 +352,9 @@ def _print_headline(eval_dirs: list[Path], run_dir: Path, timings: dict) -> None
     # has Rational against every other model.
     others = [o for o in ("base", "refusal-sft") if any(k[2] == o for k in paired)]
     names = list(dict.fromkeys(r["name"] for r in rows))
-    keys = list(dict.fromkeys((r["suite"], r["metric"], r["judge"], r["lower_is_better"]) for r in rows))
-    cell = {(r["name"], r["suite"], r["metric"]): r for r in rows}
+    keys = list(dict.fromkeys((r["suite"], r["metric"], r["judge"], r["lower_is_better"], r["keyword"])
+                              for r in rows))
+    cell = {(r["name"], r["suite"], r["metric"], r["keyword"]): r for r in rows}
     table = Table(title=f"Rational vs baselines — {run_dir}")
     table.add_column("suite", overflow="fold")
     table.add_column("metric (better)", overflow="fold")
@@ -362,14 +363,14 @@ def _print_headline(eval_dirs: list[Path], run_dir: Path, timings: dict) -> None
     for o in others:
         table.add_column(f"p vs {o}", overflow="fold")
     table.add_column("judge")
-    for suite, metric, judge, lower in keys:
+    for suite, metric, judge, lower, keyword in keys:
         vals = []
         for n in names:
-            r = cell.get((n, suite, metric))
+            r = cell.get((n, suite, metric, keyword))
             vals.append("-" if r is None or r["rate"] is None else
                         f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] ({r['k']}/{r['n']})")
-        ps = [report.format_p(paired[(suite, metric, o)]["p_mcnemar"]) if (suite, metric, o) in paired else "-"
-              for o in others]
+        ps = [report.format_p(paired[(suite, metric, o)]["p_mcnemar"]) if (suite, metric, o) in paired
+              and not keyword else "-" for o in others]  # p-values: under the main judge
         table.add_row(suite, f"{metric} ({'lower' if lower else 'higher'})", *vals, *ps, str(judge))
     console = Console(width=None if sys.stdout.isatty() else 200)  # a log file gets the whole table on one line
     console.print(table)

@@ -143,6 +143,11 @@ def kappa_interval(pred: Sequence, gold: Sequence, n_boot: int = 2000, seed: int
     return (values[int(0.025 * (len(values) - 1))], values[int(math.ceil(0.975 * (len(values) - 1)))])
 
 
+def kappa_ci(pred: Sequence, gold: Sequence, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(kappa, lo, hi): Cohen's kappa with its 95% percentile-bootstrap interval."""
+    return (kappa(pred, gold), *kappa_interval(pred, gold, n_boot=n_boot, seed=seed))
+
+
 def agreement(pred: Sequence, gold: Sequence, classes: Sequence | None = None, seed: int = 0) -> dict:
     """Agreement of predicted with gold labels over any classes: n, accuracy (Wilson), Cohen's kappa with its 95%
     bootstrap interval, precision and recall per class, and the confusion matrix {gold: {pred: count}}."""
