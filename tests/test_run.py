@@ -92,3 +92,12 @@ def test_unknown_preset_and_bad_recipe(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", "--config", str(bad), "--out", str(tmp_path / "o")])
     assert "unknown key 'train_harmfull'" in capsys.readouterr().err
+
+
+def test_stages_of_each_configuration():
+    from rational.run import RunConfig, pipeline_stages
+
+    assert pipeline_stages(RunConfig()) == ["data", "generate", "train-rational", "train-refusal-sft", "eval-base",
+                                            "eval-rational", "eval-refusal-sft", "report"]
+    dpo = pipeline_stages(RunConfig(dpo=True, baselines=["refusal-sft", "circuit-breakers"]))
+    assert dpo[:3] == ["data", "generate", "pairs"] and "train-rational+dpo" in dpo and "eval-circuit-breakers" in dpo

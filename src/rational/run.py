@@ -235,11 +235,17 @@ def run_pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
         return _pipeline(cfg, recipe, run_dir)
 
 
-def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
+def pipeline_stages(cfg: RunConfig) -> list[str]:
+    """The stages a run goes through, in order (before any red-team rounds)."""
     models = run_models(cfg)
     with_pairs = cfg.dpo or "circuit-breakers" in cfg.baselines
-    stages = [s for s in STAGES if s in ("data", "generate", "eval-base", "report") or (s == "pairs" and with_pairs)
-              or s.split("-", 1)[1] in models]
+    return [s for s in STAGES if s in ("data", "generate", "eval-base", "report")
+            or (s == "pairs" and with_pairs) or (s != "pairs" and s.split("-", 1)[1] in models)]
+
+
+def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
+    models = run_models(cfg)
+    stages = pipeline_stages(cfg)
     if cfg.overwrite:
         clear_outputs(run_dir, [*STAGES, "run.json", "run_config.yaml"])
     # Red-team loop (redteam.py): its stages follow the report when the recipe's redteam: section asks for rounds.
