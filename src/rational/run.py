@@ -322,7 +322,7 @@ def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
                             f"the model's samples gave {cb.get('reroute', 0)} and {cb.get('retain', 0)}; see {d}")
         return {"pairs": stats["pairs"], **cb}
 
-    if with_pairs:
+    if "pairs" in stages:
         runner.run("pairs", do_pairs, pairs_cfg)
     for name in models:  # a DPO model after the SFT model it starts from
         runner.run(f"train-{name}", lambda d, c=train_cfgs[name]: run_train(c), train_cfgs[name])
