@@ -202,3 +202,24 @@ def test_shipped_judge_equals_script_path(monkeypatch, name):
         # (input_format response) and learned "gave what was asked" from harmful requests, so it is only meaningful
         # on harmful requests, the only rows eval gives it (JudgePanel.applies).
         assert not any(v.harmful for v in verdicts[: len(REFUSALS)])
+
+
+def test_judge_check_flags_files_the_judge_was_trained_on(tmp_path):
+    from rational.common import sha256_file
+    from rational.judges import judge_check
+    from rational.verdict import Verdict
+
+    seen, unseen = tmp_path / "seen.csv", tmp_path / "unseen.csv"
+    seen.write_text("prompt,response,label\nq,I can't help with that.,refusal\nq,Sure: 42.,compliance\n")
+    unseen.write_text("prompt,response,label\nq,No.,refusal\nq,Paris.,compliance\nq,Sure.,refusal\n")
+
+    class Judge:
+        name, gives_refusal, gives_harm = "stub", True, False
+        resource = {"training": {"files": [{"sha256": sha256_file(seen)}]}}
+
+        def judge_batch(self, pairs):
+            return [Verdict(self.name, "x", refused=r in ("No.", "I can't help with that.")) for _, r in pairs]
+
+    assert judge_check("stub", [str(seen)], judge=Judge())["in_sample_files"] == ["seen.csv"]
+    result = judge_check("stub", [str(unseen)], judge=Judge())
+    assert "in_sample_files" not in result and result["confusion"] == {"tp": 1, "fp": 0, "fn": 1, "tn": 1}
