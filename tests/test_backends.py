@@ -293,3 +293,16 @@ def test_fast_engine_stop_strings(chaotic):
 
 def _flat(outs):
     return [c for o in outs for c in o.completions]
+
+
+def test_chunked_prefill_changes_nothing(chaotic):
+    # Long prompts are prefilled a few columns at a time (bounded attention memory); the answers stay the same.
+    _, slow = _engines(chaotic, 4)
+    whole, chunked = HFGenerator(*chaotic[:2], batch_size=4), HFGenerator(*chaotic[:2], batch_size=4,
+                                                                             engine_options={"prefill_chunk": 3})
+    for g in (whole, chunked):
+        g.eos_ids = g.eos_ids + chaotic[2]
+    params = SamplingParams(max_new_tokens=16)
+    ours = _rows(chunked.generate(MIXED, params, progress=False))
+    assert ours == _rows(whole.generate(MIXED, params, progress=False)) == _rows(slow.generate(MIXED, params,
+                                                                                             progress=False))

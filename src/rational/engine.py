@@ -263,8 +263,11 @@ class Engine:
     """
 
     def __init__(self, model, stop_ids: list[int], pad_id: int, batch_size: int, share_prefix: bool = True,
-                 retire: bool = True, min_shared: int = 16):
+                 retire: bool = True, min_shared: int = 16, prefill_chunk: int = 256):
         self.model = model
+        # Prompts are prefilled `prefill_chunk` columns at a time: attention over a whole long prompt at once
+        # materialises [rows, heads, columns, columns] scores (64 rows of ~2,000 tokens on CPU: a 15 GB spike).
+        self.prefill_chunk = max(1, prefill_chunk)
         self.stop_ids = set(stop_ids)
         self.pad_id = pad_id
         self.batch_size = batch_size
@@ -279,6 +282,16 @@ class Engine:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1, **{self.cache_kw: cache})
         return out.logits[:, -1]
+
+    def _forward_chunked(self, ids, mask, positions, cache) -> torch.Tensor:
+        """`_forward` over the last ids.shape[1] columns of `mask`, `prefill_chunk` columns per call (the cache
+        fills up call by call, so the result is the same; only the attention scores stay small)."""
+        start = mask.shape[1] - ids.shape[1]  # cache columns already filled (a shared prefix)
+        logits = None
+        for lo in range(0, ids.shape[1], self.prefill_chunk):
+            hi = min(ids.shape[1], lo + self.prefill_chunk)
+            logits = self._forward(ids[:, lo:hi], mask[:, : start + hi], positions[:, lo:hi], cache)
+        return logits
 
     def batches(self, prompts: list[list[int]]) -> list[list[int]]:
         """Prompt indices per batch: prefix groups kept together, longest prompt first inside a group (less
@@ -316,7 +329,7 @@ class Engine:
         if prefixes:
             ids, mask = _left_pad(prefixes, self.pad_id)
             cache = Cache(layers=[_reserved_layer()(ids.shape[1]) for _ in range(cache_layers)])
-            self._forward(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
+            self._forward_chunked(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
             rows = torch.tensor(prefix_of)
             cache = _take_rows(cache, rows, ids.shape[1] + suffix_ids.shape[1] + max_new_tokens)
             # A prompt without a shared prefix borrows some prefix's (finite) cache columns, all masked out.
@@ -324,7 +337,7 @@ class Engine:
         else:
             cache = Cache(layers=[_reserved_layer()(suffix_ids.shape[1] + max_new_tokens) for _ in range(cache_layers)])
             mask = suffix_mask
-        logits = self._forward(suffix_ids, mask, positions, cache)
+        logits = self._forward_chunked(suffix_ids, mask, positions, cache)
         return cache, mask, plen_t + suffix_mask.sum(-1), logits
 
     def _pick(self, logits: torch.Tensor, seqs: list[Sequence], warper: TemperatureTopP | None) -> list[int]:
