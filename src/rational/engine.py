@@ -256,6 +256,9 @@ def sample_from(weights, u):
     return picked.clamp(max=weights.shape[-1] - 1)  # u * total rounding up to the total
 
 
+PREFILL_CELLS = 1 << 23  # rows x query columns x key columns per prefill call (~0.5 GB of fp32 scores at 14 heads)
+
+
 class Engine:
     """Generates token ids for tokenized prompts; `HFGenerator` wraps it with chat templates and text decoding.
 
@@ -287,9 +290,12 @@ class Engine:
         """`_forward` over the last ids.shape[1] columns of `mask`, `prefill_chunk` columns per call (the cache
         fills up call by call, so the result is the same; only the attention scores stay small)."""
         start = mask.shape[1] - ids.shape[1]  # cache columns already filled (a shared prefix)
+        # Attention scores of one call are rows x heads x chunk x columns: keep rows x chunk x columns under
+        # PREFILL_CELLS (64 rows of 2,500 columns -> chunks of 52), but never below 16 columns per call.
+        chunk = max(16, min(self.prefill_chunk, PREFILL_CELLS // max(1, ids.shape[0] * mask.shape[1])))
         logits = None
-        for lo in range(0, ids.shape[1], self.prefill_chunk):
-            hi = min(ids.shape[1], lo + self.prefill_chunk)
+        for lo in range(0, ids.shape[1], chunk):
+            hi = min(ids.shape[1], lo + chunk)
             logits = self._forward(ids[:, lo:hi], mask[:, : start + hi], positions[:, lo:hi], cache)
         return logits
 

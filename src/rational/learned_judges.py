@@ -40,6 +40,7 @@ from .verdict import Verdict
 INPUT_FORMATS = ("chat", "response")
 POOLINGS = ("last", "mean")
 RESOURCE_NAMES = ("refusal-learned", "harm-learned")
+FEATURE_CELLS = 1 << 21  # rows x tokens^2 per feature batch (bounds the attention scores' memory)
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,17 @@ def pooled_states(model, tokenizer, pairs: list[tuple[str, str]], *, input_forma
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    for done, lo in enumerate(range(0, len(order), batch_size)):
-        rows = order[lo : lo + batch_size]
+    # Batches of up to batch_size rows, fewer for long inputs: rows x width^2 attention cells stay under
+    # FEATURE_CELLS (a 2,000-token jailbreak request is scored alone instead of materialising GBs of scores).
+    batches, i = [], 0
+    while i < len(order):
+        width = len(encoded[order[i]][0])
+        take = max(1, min(batch_size, FEATURE_CELLS // (width * width)))
+        batches.append(order[i : i + take])
+        i += take
+    finished = 0
+    for done, rows in enumerate(batches):
+        finished += len(rows)
         width = len(encoded[rows[0]][0])
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -161,8 +171,8 @@ def pooled_states(model, tokenizer, pairs: list[tuple[str, str]], *, input_forma
                     end = start + min(cut, n_answer)
                     out[i, c, 0, j] = h[b, end - 1].numpy()
                     out[i, c, 1, j] = ((cs[b, end] - cs[b, start]) / (end - start)).numpy()
-        if progress and (done % 10 == 0 or lo + batch_size >= len(order)):
-            print(f"[features] {min(lo + batch_size, len(order))}/{len(order)} answers", file=sys.stderr, flush=True)
+        if progress and (done % 10 == 0 or finished == len(order)):
+            print(f"[features] {finished}/{len(order)} answers", file=sys.stderr, flush=True)
     return out
 
 

@@ -18,8 +18,10 @@ stages and resumes unfinished ones (the stages resume themselves).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import errno
+import gc
 import json
 import sys
 import time
@@ -206,6 +208,7 @@ class Runner:
         except Exception as e:  # noqa: BLE001 - report any stage failure as one line + a log file
             raise self._fail(stage, stage_dir, e) from None
         dt = time.perf_counter() - t0
+        release_memory()
         self.timings[stage] = dt
         self.spent_estimate += self.estimates[stage]
         mark_done(stage_dir, {"stage": stage, "seconds": round(dt, 1), **info,
@@ -233,6 +236,16 @@ def move_legacy_keys(recipe: Recipe) -> None:
 def run_pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
     with output_lock(run_dir):
         return _pipeline(cfg, recipe, run_dir)
+
+
+def release_memory() -> None:
+    """After a stage: collect its models and hand freed heap pages back to the OS (glibc keeps them otherwise, and
+    the next stage's peak lands on top of the last one's)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def pipeline_stages(cfg: RunConfig) -> list[str]:
