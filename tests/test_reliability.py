@@ -203,7 +203,10 @@ def test_ctrl_c_exits_130_with_a_message():
         line = ""
         while "Interactive chat" not in line and time.time() < deadline:
             line = proc.stderr.readline()
-        time.sleep(0.5)  # into input()
+        prompt = ""
+        while not prompt.endswith("you> ") and time.time() < deadline:  # input() has printed its prompt
+            prompt += proc.stdout.read(1)
+        time.sleep(0.5)  # blocked in input()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
