@@ -504,7 +504,7 @@ def compute_metrics(cfg: EvalConfig, rows: list[dict], panel: JudgePanel, extra:
         head = HEADLINE.get(suite)
         if head and head[0] in m["metrics"]:
             m["headline"] = {"metric": head[0], "lower_is_better": head[1], **m["metrics"][head[0]]}
-            if panel.refusal.name != RefusalKeywordJudge.name:
+            if panel.refusal.name != RefusalKeywordJudge.name and head[0] != "exact_match":  # judge-free metric
                 # The same number under the keyword judge, beside it: one figure comparable across every run.
                 kw = suite_metrics(srows, RefusalKeywordJudge.name, None, [], cfg.seed)["metrics"]
                 if head[0] in kw:
