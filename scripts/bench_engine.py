@@ -1,6 +1,6 @@
 """Generation engines on the project's real workloads (self-check rows of `generate`, eval rows), one table.
 
-    PYTHONPATH=src .venv/bin/python scripts/bench_engine.py --rows 64 --naive-rows 4 --json docs/engine_bench.json
+    PYTHONPATH=src .venv/bin/python scripts/bench_engine.py --rows 64 --naive-rows 4 --json runs/bench/engine.json
 
 Workloads, built from the project's seed pool (src/rational/resources/seed_pool.jsonl):
   selfcheck  [self-check system prompt, user prompt] chats as `rational generate` sends them (the rejection or

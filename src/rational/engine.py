@@ -1,7 +1,7 @@
 """Fast batched generation for CPU: the default engine of `HFGenerator` (`engine="fast"`).
 
 `model.generate` spends most of a CPU batch on work whose result is thrown away or already known (measured in
-docs/engine_bench.md); this engine is a small decoding loop over `model(...)` that avoids it:
+BENCHMARKS.md, "Generation engine"); this engine is a small decoding loop over `model(...)` that avoids it:
 
 1. Shared prefixes are prefilled once. The self-check system prompt (~300 tokens) is the same in every row of a
    `generate` batch, and eval rows share the chat template's default system prompt; the n samples of one prompt
