@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Idle OpenMP threads sleep instead of spinning. On a CPU shared with other jobs, spinning threads wait for
     # descheduled peers at every op: generation on 2 shared cores (load 5-8) ran 3.4x slower with the default
-    # (measured with scripts/bench_engine.py --env; BENCHMARKS.md). Set before torch is imported (OpenMP reads it once); an explicit value wins.
+    # (measured with scripts/bench_engine.py --env; BENCHMARKS.md). Set before torch is imported (OpenMP reads it
+    # once); an explicit value wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         code = app(args=argv, standalone_mode=False)
