@@ -22,10 +22,12 @@ Shared pieces:
     common.py     atomic files, JSONL, seeded samplers, library versions
     models.py     model resolver: registry, GGUF-in-wheel fetch with sha256, GGUF -> safetensors
     backends.py   one generation interface (`generate(chats, params)`): hf, vllm, openai, scripted
+    engine.py     the hf backend's CPU decoding loop (shared-prefix prefill, row retirement, chunked prefill)
     reasoning.py  the reasoning format (<think> Intent / Context and ethics / Potential impact / Decision)
     prompts.py    prompt records, pools, jailbreak templates, splits, decontamination
     mutations.py  adversarial mutations (encodings, injections, templates, model rewrites)
-    judges.py     refusal / harm judges behind one interface
+    judges.py     refusal / harm judges behind one interface (verdict.py: the Verdict type)
+    learned_judges.py  refusal-learned / harm-learned: a head on the embedded model's hidden states
     stats.py      Wilson and bootstrap intervals, agreement statistics
     tiny.py       the in-process tiny-random model for tests and smoke runs
 """
