@@ -196,8 +196,11 @@ def test_a_mistyped_model_does_not_block_the_corrected_retry(tmp_path, capsys):
 
 def test_ctrl_c_exits_130_with_a_message():
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The child gets the default SIGINT disposition: an ignored SIGINT is inherited across exec, and Python then
+    # installs no KeyboardInterrupt handler (earlier tests in this process may leave SIGINT ignored).
     proc = subprocess.Popen([sys.executable, "-m", "rational.cli", "chat", "--model", "tiny-random"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         line = ""
