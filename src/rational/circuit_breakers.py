@@ -32,13 +32,12 @@ Data: `circuit_breakers.jsonl`, SFT-style records with a set label (written by `
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
-from .common import as_messages, check_text, read_text
+from .common import as_messages, numbered_json_lines
 from .errors import UserError
 
 # The paper's choice for Llama-3-8B-Instruct: hidden states after layers 10 and 20 of 32.
@@ -106,15 +105,7 @@ def load_cb_records(path: str | Path) -> tuple[list[dict], list[str]]:
         raise UserError(f"{path}: data file not found; pass the circuit_breakers.jsonl written by `rational pairs` "
                         "to --data")
     records, sets = [], []
-    for lineno, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-        check_text(row, where)
+    for where, row in numbered_json_lines(path):
         if not isinstance(row, dict) or "prompt" not in row or "completion" not in row:
             raise UserError(f"{where}: each line needs 'prompt', 'completion' and meta.set (reroute or retain)")
         prompt, completion = as_messages(row["prompt"], "user"), as_messages(row["completion"], "assistant")

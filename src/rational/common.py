@@ -11,7 +11,7 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,6 +84,22 @@ def read_jsonl(path: str | Path, partial_last_line_ok: bool = False) -> list[dic
         check_text(d, f"{path}:{i}")
         out.append(d)
     return out
+
+
+def numbered_json_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    """("file:line", parsed value) for each non-empty line of a training data file (sft, pairs, circuit-breaker
+    JSONL): a line that is not JSON, or holds text that cannot be written back as UTF-8, is a UserError naming it.
+    The callers check each value's shape with their own messages."""
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        check_text(row, where)
+        yield where, row
 
 
 def append_jsonl(path: str | Path, records: Iterable[dict]) -> None:

@@ -25,13 +25,12 @@ hand-written loss). `train.py` runs it like any other method; this module holds 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from .common import as_messages, check_text, read_text
+from .common import as_messages, numbered_json_lines
 from .errors import UserError
 from .models import attach_adapter, load_tokenizer, pick_dtype, resolve
 from .reasoning import ReasoningFormat, parse_output
@@ -53,15 +52,7 @@ def load_pairs(path: str | Path, check_reasoning: bool = True,
     if not path.is_file():
         raise UserError(f"{path}: pairs file not found; pass the pairs.jsonl written by `rational pairs` to --data")
     records, kinds = [], []
-    for lineno, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-        check_text(row, where)
+    for where, row in numbered_json_lines(path):
         if not isinstance(row, dict):
             raise UserError(f"{where}: each line must be a JSON object with 'prompt', 'chosen' and 'rejected'")
         for column in ("prompt", "chosen", "rejected"):

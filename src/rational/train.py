@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import random
 import resource
@@ -61,12 +60,11 @@ import yaml
 from .circuit_breakers import build_cb_trainer, load_cb_records, target_layers
 from .common import (
     as_messages,
-    check_text,
     clear_outputs,
     input_hashes,
     library_versions,
+    numbered_json_lines,
     output_lock,
-    read_text,
     write_json,
 )
 from .config import check, check_choice, check_range, record_provenance, resume_difference, setting
@@ -251,36 +249,29 @@ def load_records(path: str | Path, check_reasoning: bool = True,
     if not path.is_file():
         raise UserError(f"{path}: data file not found; pass the sft.jsonl written by `rational generate` to --data")
     records, kinds = [], []
-    for lineno, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-        check_text(row, f"{path}:{lineno}")
+    for where, row in numbered_json_lines(path):
         if not isinstance(row, dict):
-            raise UserError(f"{path}:{lineno}: each line must be a JSON object with 'prompt' and 'completion'")
+            raise UserError(f"{where}: each line must be a JSON object with 'prompt' and 'completion'")
         for column in ("prompt", "completion"):
             if column not in row:
-                raise UserError(f"{path}:{lineno}: missing column '{column}'; every record needs 'prompt' and "
+                raise UserError(f"{where}: missing column '{column}'; every record needs 'prompt' and "
                                 "'completion' (conversational prompt-completion format)")
         prompt = as_messages(row["prompt"], "user")
         completion = as_messages(row["completion"], "assistant")
         if prompt is None or completion is None:
             bad = "prompt" if prompt is None else "completion"
-            raise UserError(f"{path}:{lineno}: column '{bad}' must be a non-empty list of "
+            raise UserError(f"{where}: column '{bad}' must be a non-empty list of "
                             "{'role', 'content'} messages or a string")
         if any(m["role"] == "system" for m in prompt):
-            raise UserError(f"{path}:{lineno}: prompt has a system message; Rational trains without a system "
+            raise UserError(f"{where}: prompt has a system message; Rational trains without a system "
                             "prompt (the reasoning must not depend on it), so remove it")
         if completion[-1]["role"] != "assistant":
-            raise UserError(f"{path}:{lineno}: the completion must end with an assistant message")
+            raise UserError(f"{where}: the completion must end with an assistant message")
         if check_reasoning:
             parsed = parse_output(completion[-1]["content"], fmt)
             if not parsed.well_formed:
                 raise UserError(
-                    f"{path}:{lineno}: completion has malformed reasoning ({parsed.status}); it must be "
+                    f"{where}: completion has malformed reasoning ({parsed.status}); it must be "
                     f"'{fmt.open_tag} reasoning {fmt.close_tag} answer' with both parts non-empty")
         meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
         kinds.append(str(meta.get("kind") or "unknown"))
