@@ -580,7 +580,7 @@ PYRIT_WEIGHTS = (1.0, 5.0)  # PyRIT rows together weigh this many times the XSTe
 
 
 def pyrit_study(features: Features, models: list[str], xrows: list[dict], pyrit_rows: list[dict],
-                refusal_resource: dict) -> tuple[dict, dict]:
+                refusal_resource: dict) -> tuple[dict, dict, Config]:
     """A refusal head trained on XSTest *and* PyRIT's refusal labels, validated by nested cross-validation on PyRIT.
 
     PyRIT counts an answer to a different question as an (implicit) refusal. A head on XSTest alone never sees
@@ -667,7 +667,7 @@ def pyrit_study(features: Features, models: list[str], xrows: list[dict], pyrit_
         "note": ("trained on XSTest and on all of PyRIT's refusal labels: a judge-check on PyRIT's files is "
                  "in-sample; the PyRIT figure is nested 5-fold cross-validation, the XSTest figures leave one "
                  "answering model out (its answers never trained on)")}
-    return report, resource
+    return report, resource, c
 
 
 # ------------------------------------------------------------------------------------------ resources
@@ -862,11 +862,9 @@ def main(argv: list[str] | None = None) -> int:
     refusal_report, refusal_resource = refusal_study(refusal_cv, configs, args.models, pyrit[0], features)
     refusal_final = next(c for c in configs if c.describe() == refusal_report["final"])
     if args.refusal_with_pyrit:
-        pyrit_report, refusal_resource = pyrit_study(features, args.models, xrows, pyrit[0], refusal_resource)
+        pyrit_report, refusal_resource, refusal_final = pyrit_study(features, args.models, xrows, pyrit[0],
+                                                                    refusal_resource)
         refusal_report["with_pyrit"] = pyrit_report
-        refusal_final = Config(*(lambda f: (f["model"], f["input_format"], tuple(f["layers"]), f["pooling"],
-                                            f["max_tokens"], refusal_resource["head"]["l2"]))(
-            refusal_resource["features"]))
 
     hrows = harm[0]
     harm_cv = CrossValidation("harm", hrows, np.array([r["label"] for r in hrows]), HARM_CLASSES,

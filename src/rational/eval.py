@@ -506,11 +506,11 @@ def compute_metrics(cfg: EvalConfig, rows: list[dict], panel: JudgePanel, extra:
             m["headline"] = {"metric": head[0], "lower_is_better": head[1], **m["metrics"][head[0]]}
             if panel.refusal.name != RefusalKeywordJudge.name and head[0] != "exact_match":  # judge-free metric
                 # The same number under the keyword judge, beside it: one figure comparable across every run.
-                kw = suite_metrics(srows, RefusalKeywordJudge.name, None, [], cfg.seed)["metrics"]
-                if head[0] in kw:
-                    m["headline_keyword"] = {"metric": head[0], "lower_is_better": head[1],
-                                             "judge": RefusalKeywordJudge.name
-                                             + (" (asr = not refused)" if head[0] == "asr" else ""), **kw[head[0]]}
+                keep, test = _metric_tests(RefusalKeywordJudge.name, None)[head[0]]
+                m["headline_keyword"] = {"metric": head[0], "lower_is_better": head[1],
+                                         "judge": RefusalKeywordJudge.name
+                                         + (" (asr = not refused)" if head[0] == "asr" else ""),
+                                         **_prop([r for r in srows if keep(r)], test)}
         m.update(extra.get("suites", {}).get(suite, {}))
         suites[suite] = m
     tokens = sum(r.get("num_tokens", 0) for r in rows)
