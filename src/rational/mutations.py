@@ -17,7 +17,7 @@ import base64
 import codecs
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from .backends import SamplingParams
@@ -301,16 +301,17 @@ def get_mutations(names: list[str]) -> list[Mutation]:
 
 def mutate(records: list[PromptRecord], names: list[str], seed: int = 0, generator=None,
            templates: list[Template] | None = None, failed: list[dict] | None = None,
-           rewrite_params=None) -> list[PromptRecord]:
+           rewrite_params=None, attempts: int = 3) -> list[PromptRecord]:
     """Every record under every named mutation -> new adversarial records (deterministic for a seed).
 
     Ids are `<base_id>~<mutation>` (`<base_id>~template:<template id>` for templates). Model-based
     rewrites for all records and mutations go through ONE batched `generator.generate` call. A rewrite
-    that comes back empty, refused or unchanged is not kept (the original would be mislabelled as
-    adversarial): it is appended to `failed` (when given) as {id, base_id, attack, reason, raw}.
+    that comes back empty, refused or unchanged is drawn again with a new seed, up to `attempts` draws;
+    one that fails them all is not kept (the original would be mislabelled as adversarial): it is
+    appended to `failed` (when given) as {id, base_id, attack, reason, attempts, raw}.
     """
     return mutate_pairs([(r, n) for r in records for n in names], seed, generator, templates, failed,
-                        rewrite_params)
+                        rewrite_params, attempts)
 
 
 def assign_mutations(records: list[PromptRecord], names: list[str], per_record: int, seed: int = 0
@@ -329,7 +330,7 @@ def assign_mutations(records: list[PromptRecord], names: list[str], per_record: 
 
 def mutate_pairs(pairs: list[tuple[PromptRecord, str]], seed: int = 0, generator=None,
                  templates: list[Template] | None = None, failed: list[dict] | None = None,
-                 rewrite_params=None) -> list[PromptRecord]:
+                 rewrite_params=None, attempts: int = 3) -> list[PromptRecord]:
     """`mutate` for explicit (record, mutation name) pairs, in order; see `mutate`."""
     names = list(dict.fromkeys(n for _, n in pairs))
     muts = dict(zip(names, get_mutations(names)))
@@ -356,19 +357,29 @@ def mutate_pairs(pairs: list[tuple[PromptRecord, str]], seed: int = 0, generator
         else:
             rec.prompt = m.apply(r.prompt, seed)
         out.append(rec)
-    if pending:
+    # A rewrite that comes back empty, refused or unchanged is sampled again with a new seed (up to
+    # `attempts` draws in all), so a cell keeps its size; one that fails every draw is dropped and reported.
+    params = rewrite_params or _rewrite_params(seed)
+    for attempt in range(attempts if pending else 0):
         chats = [rewrite_chat(m.name, r.prompt) for _, r, m in pending]
-        params = rewrite_params or _rewrite_params(seed)
-        outputs = generator.generate(chats, params, desc="rewriting prompts")
+        p = params if attempt == 0 else replace(params, seed=params.seed + 7919 * attempt)
+        outputs = generator.generate(chats, p, desc="rewriting prompts" + (f" (retry {attempt})" if attempt else ""))
+        retry = []
         for (slot, r, m), o in zip(pending, outputs):
             rec = out[slot]
             text = clean_rewrite(o.text)
             why = rewrite_failure(r.prompt, text)
-            if why:
+            if not why:
+                rec.prompt = text
+                rec.meta["rewrite_attempts"] = attempt + 1
+            elif attempt + 1 < attempts:
+                retry.append((slot, r, m))
+            else:
                 if failed is not None:
                     failed.append({"id": rec.id, "base_id": rec.base_id, "attack": m.name, "reason": why,
-                                   "raw": o.text[:500]})
+                                   "attempts": attempts, "raw": o.text[:500]})
                 out[slot] = None
-            else:
-                rec.prompt = text
+        pending = retry
+        if not pending:
+            break
     return [r for r in out if r is not None]
