@@ -75,6 +75,7 @@ from .reasoning import ReasoningFormat, extract_decision, parse_output
 
 METHODS = ("lora", "full", "dpo")
 TRUNCATION_MODES = ("truncate", "drop")
+PACKED_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 # Prompt kinds whose correct behaviour is to decline (the rest, e.g. "benign", should be answered).
 DECLINE_KINDS = frozenset({"harmful", "adversarial", "jailbreak", "unsafe"})
 COMPLY_KINDS = frozenset({"benign", "borderline", "safe"})
@@ -138,13 +139,15 @@ class TrainConfig:
                          "bf16, else fp32).", same_on_resume=True)
     gradient_checkpointing: bool | None = setting(None, "Recompute activations in the backward pass (default: on "
                                                   "for GPU, off for CPU, where it only costs time).")
-    attn_implementation: str | None = setting(None, "transformers attention kernel (default sdpa); "
-                                              "flash_attention_2 for packing / padding-free.", same_on_resume=True)
-    packing: bool = setting(False, "TRL BFD packing; needs a flash-attention implementation.", same_on_resume=True)
+    attn_implementation: str | None = setting(None, "transformers attention kernel (default sdpa; "
+                                              "flash_attention_2 on a GPU).", same_on_resume=True)
+    packing: bool = setting(False, "TRL BFD packing: examples share rows with no padding, each attending only to "
+                            "itself (flash attention, or sdpa/eager with a block-diagonal mask).", same_on_resume=True)
     group_by_length: bool = setting(False, "Batch examples of similar length together (less padding; the loss and "
                                     "its completion-only mask are unchanged).", same_on_resume=True)
-    padding_free: bool = setting(False, "Padding-free batches; needs a flash-attention implementation.",
-                                 same_on_resume=True)
+    padding_free: bool = setting(False, "Padding-free batches: a batch is one row of its examples end to end "
+                                 "(no padding; loss and mask unchanged; without packing, examples longer than "
+                                 "max_length are dropped, not truncated).", same_on_resume=True)
     save_steps: int = setting(50, "Checkpoint every N steps.")
     save_total_limit: int | None = setting(2, "Checkpoints kept (oldest deleted first).")
     logging_steps: int = setting(1, "Log loss every N steps.")
@@ -203,9 +206,13 @@ class TrainConfig:
             check(self.method in BASELINES[self.baseline].methods,
                   f"baseline {self.baseline} trains with --method {' or '.join(BASELINES[self.baseline].methods)}, "
                   f"not {self.method}")
-        check(not ((self.packing or self.padding_free) and "flash" not in (self.attn_implementation or "")),
-              "packing/padding_free need a flash-attention kernel (e.g. --attn-implementation flash_attention_2 "
-              "on a GPU); without it sequences would attend across examples")
+        # Packed rows carry no attention mask: flash kernels split them by position_ids, and sdpa/eager get a
+        # block-diagonal mask that transformers builds from the restarting position_ids
+        # (masking_utils.find_packed_sequence_indices); tests/test_train.py checks the loss is unchanged.
+        check(not ((self.packing or self.padding_free) and self.attn_implementation
+                   and self.attn_implementation.split(":")[-1] not in PACKED_ATTENTION),
+              f"packing/padding_free need an attention kernel that keeps packed examples apart "
+              f"({', '.join(PACKED_ATTENTION)}), not {self.attn_implementation}")
 
     @property
     def fmt(self) -> ReasoningFormat:
@@ -433,7 +440,8 @@ def _apply_length_policy(prepared: Prepared, tokenizer, cfg: TrainConfig) -> Pre
             no_room[kind] += 1
             continue
         if full > cfg.max_length:
-            if cfg.truncation == "drop":
+            # TRL cannot truncate unpacked padding-free rows (it refuses max_length there): those are dropped.
+            if cfg.truncation == "drop" or (cfg.padding_free and not cfg.packing):
                 dropped[kind] += 1
                 continue
             truncated[kind] += 1
@@ -543,7 +551,8 @@ def _sft_config(cfg: TrainConfig, torch_dtype, device: str):
 
     return SFTConfig(
         **_training_args(cfg, torch_dtype, device),
-        max_length=int(cfg.max_length),
+        # Unpacked padding-free rows are not truncated by TRL; _apply_length_policy has dropped the long ones.
+        max_length=None if cfg.padding_free and not cfg.packing else int(cfg.max_length),
         truncation_mode="keep_start",
         # Loss on the completion (reasoning + answer) only, never on the prompt. Explicit, not TRL's automatic mode.
         completion_only_loss=True,
