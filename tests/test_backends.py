@@ -306,3 +306,124 @@ def test_chunked_prefill_changes_nothing(chaotic):
     ours = _rows(chunked.generate(MIXED, params, progress=False))
     assert ours == _rows(whole.generate(MIXED, params, progress=False)) == _rows(slow.generate(MIXED, params,
                                                                                              progress=False))
+
+
+# ------------------------------------------------------------------------------ llama.cpp (optional extra)
+
+
+def _header_only_gguf(path, arch):
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_path, tmp_path_factory):
+    """A PEFT LoRA on tiny-random with non-zero B (a fresh LoRA's B is zero, which would hide a transpose)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_path),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    out = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(out)
+    return out
+
+
+def test_adapter_converts_to_a_llamacpp_lora_gguf(tiny_adapter, tmp_path):
+    import gguf
+    from safetensors.torch import load_file
+
+    from rational.models import adapter_to_gguf
+
+    out = adapter_to_gguf(tiny_adapter, _header_only_gguf(tmp_path / "base.gguf", "qwen2"))
+    r = gguf.GGUFReader(str(out))
+
+    def text(key):
+        f = r.get_field(key)
+        return bytes(f.parts[f.data[0]]).decode()
+
+    assert text("general.type") == "adapter" and text("adapter.type") == "lora"
+    assert text("general.architecture") == "qwen2"
+    assert float(r.get_field("adapter.lora.alpha").parts[-1][0]) == 8.0
+    peft = load_file(str(tiny_adapter / "adapter_model.safetensors"))
+    got = {t.name: t for t in r.tensors}
+    assert len(got) == len(peft)
+    name = "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"
+    t = got["blk.1.ffn_down.weight.lora_b"]
+    # GGUF lists dimensions innermost first; the data is the PEFT matrix unchanged ([out, r] for B).
+    assert list(t.shape)[::-1] == list(peft[name].shape)
+    assert (t.data.reshape(peft[name].shape) == peft[name].float().numpy()).all()
+    assert "blk.0.attn_q.weight.lora_a" in got and "blk.0.attn_output.weight.lora_b" in got
+    assert adapter_to_gguf(tiny_adapter, tmp_path / "base.gguf") == out  # unchanged adapter: reused
+
+
+def test_adapter_conversion_refuses_what_llamacpp_would_misread(tiny_adapter, tmp_path):
+    from rational.models import adapter_to_gguf
+
+    with pytest.raises(UserError, match="'llama'.*convert_hf_to_gguf"):
+        adapter_to_gguf(tiny_adapter, _header_only_gguf(tmp_path / "llama.gguf", "llama"))
+    with pytest.raises(UserError, match="not a PEFT adapter folder"):
+        adapter_to_gguf(tmp_path, tmp_path / "llama.gguf")
+    from rational.models import gguf_file
+
+    with pytest.raises(UserError, match="runs GGUF files; 'tiny-random' is not one"):
+        gguf_file("tiny-random")
+    with pytest.raises(UserError, match="GGUF file not found"):
+        gguf_file(str(tmp_path / "missing.gguf"))
+
+
+def test_llamacpp_missing_is_one_line_and_auto_falls_back(monkeypatch):
+    import importlib.util
+
+    import rational.backends as backends
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real(n, *a))
+    monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # import fails like a missing package
+    with pytest.raises(UserError, match=r"needs llama-cpp-python: pip install 'rational\[llamacpp\]'"):
+        load_generator("llamacpp", "qwen2.5-coder-0.5b-instruct")
+    assert backends.pick_backend("auto", "qwen2.5-coder-0.5b-instruct") == "hf"
+    assert backends.pick_backend("auto", "tiny-random") == "hf"
+
+
+def test_auto_picks_llamacpp_only_without_native_bf16(monkeypatch):
+    import importlib.util
+
+    import rational.backends as backends
+    import rational.models as models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "llama_cpp" else real(n, *a))
+    for bf16, want in ((False, "llamacpp"), (True, "hf")):
+        monkeypatch.setattr(models, "cpu_supports_bf16", lambda: bf16)
+        assert backends.pick_backend("auto", "qwen2.5-coder-0.5b-instruct") == want
+    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: False)
+    assert backends.pick_backend("auto", "qwen2.5-coder-0.5b-instruct", dtype="float32") == "hf"  # asked for HF
+    assert backends.pick_backend("auto", "some/hub-model") == "hf"  # no GGUF to run
+
+
+def test_llamacpp_greedy_runs_the_embedded_gguf_with_an_adapter(tmp_path):
+    """Real llama.cpp on the embedded GGUF (skips without llama-cpp-python or the cached model)."""
+    pytest.importorskip("llama_cpp")
+    from rational.models import is_cached
+
+    if not is_cached("qwen2.5-coder-0.5b-instruct"):
+        pytest.skip("embedded model not cached")
+    gen = load_generator("llamacpp", "qwen2.5-coder-0.5b-instruct")
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    a = gen.generate(CHATS[:2], params, progress=False)
+    b = gen.generate(CHATS[:2], params, progress=False)
+    assert [o.text for o in a] == [o.text for o in b] and all(o.text for o in a)
+    assert all(0 < o.completions[0].num_tokens <= 12 for o in a)

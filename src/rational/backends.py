@@ -29,7 +29,7 @@ from .models import load_model_and_tokenizer, load_tokenizer, resolve, stop_toke
 from .reasoning import DEFAULT_FORMAT, ReasoningFormat, join_reasoning
 
 Chat = list[dict[str, str]]
-BACKENDS = ("hf", "vllm", "openai", "scripted")
+BACKENDS = ("auto", "hf", "llamacpp", "vllm", "openai", "scripted")
 ENGINES = ("fast", "hf")  # HFGenerator engines
 
 
@@ -288,6 +288,61 @@ class VLLMGenerator:
         return results
 
 
+class LlamaCppGenerator:
+    """llama.cpp through llama-cpp-python (`pip install 'rational[llamacpp]'`), imported only when chosen: runs
+    the registry model's GGUF as shipped (no dequantisation), the fast path on CPUs without native bf16.
+
+    Prompts are templated by the same Hugging Face tokenizer as every other backend and passed as token ids, so
+    the model sees exactly what it was trained on. An adapter is converted once to a llama.cpp LoRA GGUF
+    (`models.adapter_to_gguf`). llama.cpp decodes one sequence at a time here and reuses the KV cache of the
+    prefix a prompt shares with the previous one (the self-check system prompt).
+    """
+
+    name = "llamacpp"
+
+    def __init__(self, spec: str, adapter: str | None = None, n_ctx: int = 4096, seed: int = 0,
+                 n_threads: int | None = None):
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise UserError("backend 'llamacpp' needs llama-cpp-python: pip install 'rational[llamacpp]'") from None
+        from .models import adapter_to_gguf, gguf_file
+
+        path = gguf_file(spec)
+        lora = adapter_to_gguf(adapter, path) if adapter else None
+        self.tokenizer = load_tokenizer(resolve(spec))
+        self.model_name = spec
+        self.llm = Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=n_ctx, seed=seed,
+                         n_threads=n_threads or os.cpu_count(), n_batch=512, verbose=False)
+        self.stats = {"tokens": 0, "seconds": 0.0}
+
+    def generate(self, chats: list[Chat], params: SamplingParams, progress: bool = True,
+                 desc: str = "generating") -> list[GenerationOutput]:
+        start = time.perf_counter()
+        results = []
+        with _progress(len(chats), desc, progress) as bar:
+            task = bar.add_task(desc, total=len(chats), tps=0.0)
+            for i, chat in enumerate(chats):
+                ids = chat_ids(self.tokenizer, chat)
+                comps = []
+                for j in range(max(1, params.n)):
+                    # Plain temperature + top-p, as in the other backends: llama.cpp's extra samplers are off.
+                    out = self.llm.create_completion(
+                        ids, max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+                        top_k=0, min_p=0.0, repeat_penalty=1.0, seed=params.seed * 1_000_003 + i * 1009 + j,
+                        stop=params.stop or None)
+                    choice = out["choices"][0]
+                    n_tok = int(out["usage"]["completion_tokens"])
+                    comps.append(Completion(choice["text"], n_tok, "length" if choice["finish_reason"] == "length"
+                                            else "stop"))
+                    self.stats["tokens"] += n_tok
+                results.append(GenerationOutput(comps))
+                elapsed = time.perf_counter() - start
+                bar.update(task, advance=1, tps=self.stats["tokens"] / max(elapsed, 1e-9))
+        self.stats["seconds"] += time.perf_counter() - start
+        return results
+
+
 class OpenAIGenerator:
     """Any OpenAI-compatible chat endpoint (`rational serve`, vLLM serve, TGI, SGLang, hosted APIs).
 
@@ -408,9 +463,12 @@ def load_generator(backend: str, model: str, adapter: str | None = None, dtype: 
     """Build a generator by backend name. `model` is a model spec (hf/vllm) or the served model name (openai).
 
     `reasoning_format`: the tags an `openai` endpoint's separate `reasoning_content` is joined back with."""
+    backend = pick_backend(backend, model, dtype)
     if backend == "hf":
         return HFGenerator.load(model, adapter=adapter, dtype=dtype, batch_size=batch_size,
                                 trust_remote_code=trust_remote_code)
+    if backend == "llamacpp":
+        return LlamaCppGenerator(model, adapter=adapter, seed=seed)
     if backend == "vllm":
         return VLLMGenerator(model, adapter=adapter, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code)
     if backend == "scripted":
@@ -420,3 +478,21 @@ def load_generator(backend: str, model: str, adapter: str | None = None, dtype: 
             raise UserError("backend 'openai' cannot load --adapter; serve the adapter on the endpoint instead")
         return OpenAIGenerator(model, base_url=base_url, concurrency=concurrency, reasoning_format=reasoning_format)
     raise UserError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")
+
+
+def pick_backend(backend: str, model: str, dtype: str = "auto") -> str:
+    """`auto`: llama.cpp on a CPU-only machine without native bf16 (where HF falls back to slow fp32) when
+    llama-cpp-python is installed, the model ships as GGUF and no dtype was asked for; `hf` otherwise."""
+    if backend != "auto":
+        return backend
+    import importlib.util
+
+    from .models import REGISTRY, cpu_supports_bf16
+
+    gguf = (model in REGISTRY and REGISTRY[model].offline is not None) or model.endswith(".gguf")
+    if dtype == "auto" and gguf and importlib.util.find_spec("llama_cpp") is not None and not cpu_supports_bf16():
+        import torch
+
+        if not torch.cuda.is_available():
+            return "llamacpp"
+    return "hf"

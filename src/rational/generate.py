@@ -187,8 +187,8 @@ class GenerateConfig:
     temperature: float = setting(0.7, "Sampling temperature.", same_on_resume=True)
     top_p: float = setting(0.95, "Nucleus sampling mass.", same_on_resume=True)
     batch_size: int = setting(8, "Prompts per generation batch (sampling is seeded per batch).", same_on_resume=True)
-    backend: str = setting("hf", "hf | vllm | openai | scripted (canned rationales for plumbing runs with "
-                           "tiny-random only).")
+    backend: str = setting("hf", "auto | hf | llamacpp | vllm | openai | scripted (canned rationales for "
+                           "plumbing runs with tiny-random only).")
     dtype: str = setting("auto", "auto | float32 | bfloat16 | float16 (auto: bf16 where the hardware has it).")
     seed: int = setting(0, "Seed for mutations and sampling.", same_on_resume=True)
     judge: str = setting("refusal-keywords", "Judge for the final answers.", same_on_resume=True)

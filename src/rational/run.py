@@ -109,7 +109,7 @@ class RunConfig:
     model: str = setting(DEFAULT_MODEL, "Model spec for every stage (the model writes its own rationales).")
     out: str | None = setting(None, "Run folder (default runs/<preset or recipe name>).")
     seed: int = setting(0, "Seed for splits, sampling and training.")
-    backend: str = setting("hf", "Inference backend for data rewrites and evaluation: hf | vllm.")
+    backend: str = setting("hf", "Inference backend for data rewrites and evaluation: auto | hf | llamacpp | vllm.")
     dtype: str = setting("auto", "auto | float32 | bfloat16 | float16.")
     baselines: list[str] = setting(default_factory=lambda: ["refusal-sft"], help="Baselines trained and evaluated "
                                    f"beside Rational: {', '.join(BASELINES)}; repeatable.")
