@@ -27,6 +27,7 @@ VARIANTS = {
     "baseline": {},
     "group_by_length": {"group_by_length": True},
     "no_lora_dropout": {"lora_dropout": 0.0},
+    "padding_free": {"padding_free": True},
     "fast": {"group_by_length": True, "lora_dropout": 0.0},
 }
 
@@ -91,7 +92,10 @@ def child(args) -> None:
 
     def counting(features):
         batch = collate(features)
-        tokens.append((int(batch["attention_mask"].sum()), int(batch["attention_mask"].numel())))
+        if "attention_mask" in batch:
+            tokens.append((int(batch["attention_mask"].sum()), int(batch["attention_mask"].numel())))
+        else:  # padding-free: one row, every position a real token
+            tokens.append((int(batch["input_ids"].numel()), int(batch["input_ids"].numel())))
         return batch
 
     trainer.data_collator = counting

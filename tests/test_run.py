@@ -43,12 +43,17 @@ def test_smoke_preset_end_to_end_and_skip_on_rerun(tmp_path, capsys):
     assert {"harmful", "jailbreak", "jailbreak-heldout", "over-refusal", "capability"} <= set(metrics["suites"])
     run_meta = json.loads((out / "run.json").read_text())
     assert run_meta["versions"]["torch"] and run_meta["seed"] == 0
+    # Every stage records its own peak resident memory (a process-wide peak would only ever grow).
+    peaks = run_meta["stage_peak_rss_gb"]
+    assert set(peaks) >= {"data", "generate", "train-rational", "eval-base", "report"}
+    assert all(isinstance(v, float) and 0 < v < 64 for v in peaks.values()), peaks
     printed = capsys.readouterr().out
     assert "Rational vs baselines" in printed and "refusal-sft" in printed
     assert "jailbreak-heldout" in (out / "report" / "report.md").read_text()
     # Rational against each other model on the same prompts: exact McNemar p-values, in the report and the table.
     assert "Paired comparisons on shared prompts" in (out / "report" / "report.md").read_text()
     assert "p: exact McNemar test" in printed and "p vs" in printed
+    assert "stage peak RSS (GB): data" in printed
 
     # A second run skips every finished stage: nothing is redone.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/.done.json")}
@@ -101,3 +106,20 @@ def test_stages_of_each_configuration():
                                             "eval-rational", "eval-refusal-sft", "report"]
     dpo = pipeline_stages(RunConfig(dpo=True, baselines=["refusal-sft", "circuit-breakers"]))
     assert dpo[:3] == ["data", "generate", "pairs"] and "train-rational+dpo" in dpo and "eval-circuit-breakers" in dpo
+
+
+def test_peak_memory_sees_a_short_allocation_and_its_release():
+    from rational.common import PeakMemory
+
+    with PeakMemory(interval=0.01) as quiet:
+        pass
+    with PeakMemory(interval=0.01) as busy:
+        block = bytearray(400_000_000)  # 0.4 GB, touched so it is resident
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        import time
+
+        time.sleep(0.1)
+        del block
+    assert busy.peak_gb - quiet.peak_gb > 0.3
+    assert PeakMemory.current_gb() < busy.peak_gb - 0.3  # released: the next stage's peak starts lower

@@ -271,3 +271,41 @@ def clear_outputs(out: str | Path, names: Iterable[str]) -> None:
             shutil.rmtree(p)
         else:
             p.unlink(missing_ok=True)
+
+
+class PeakMemory:
+    """Peak resident memory (GB) of this process while a `with` block runs, sampled every 0.1 s from
+    /proc/self/statm (Linux); elsewhere the process-wide peak so far (ru_maxrss), which cannot go down."""
+
+    def __init__(self, interval: float = 0.1):
+        import threading
+
+        self.interval, self.peak_gb = interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def current_gb() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e9
+        except (OSError, ValueError, IndexError):
+            import resource
+            import sys
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+            return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_gb = max(self.peak_gb, self.current_gb())
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak_gb = self.current_gb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_gb = max(self.peak_gb, self.current_gb())

@@ -34,7 +34,7 @@ import yaml
 
 from . import report
 from .backends import load_generator
-from .common import clear_outputs, library_versions, output_lock, write_json
+from .common import PeakMemory, clear_outputs, library_versions, output_lock, write_json
 from .config import Recipe, resume_keys, setting
 from .data import DataConfig, run_data
 from .errors import UserError
@@ -160,6 +160,7 @@ class Runner:
         self.start = time.perf_counter()
         self.spent_estimate = 0.0  # estimated seconds of the stages run so far (for the speed ratio)
         self.timings: dict[str, float] = {}
+        self.peak_rss: dict[str, float] = {}  # GB, per stage run in this call
 
     def eta(self, remaining: list[str]) -> float:
         elapsed = time.perf_counter() - self.start
@@ -196,7 +197,8 @@ class Runner:
                           f"  ·  est. left ~{_fmt(left)}")
         t0 = time.perf_counter()
         try:
-            info = fn(stage_dir)
+            with PeakMemory() as memory:
+                info = fn(stage_dir)
             info = info if isinstance(info, dict) else {}  # stage functions return their output path
         except UserError as e:
             raise UserError(f"stage {stage}: {e}") from None
@@ -210,8 +212,9 @@ class Runner:
         dt = time.perf_counter() - t0
         release_memory()
         self.timings[stage] = dt
+        self.peak_rss[stage] = round(memory.peak_gb, 1)
         self.spent_estimate += self.estimates[stage]
-        mark_done(stage_dir, {"stage": stage, "seconds": round(dt, 1), **info,
+        mark_done(stage_dir, {"stage": stage, "seconds": round(dt, 1), "peak_rss_gb": self.peak_rss[stage], **info,
                               **({"fingerprint": fingerprint(cfg)} if cfg is not None else {})})
 
     def _fail(self, stage: str, stage_dir: Path, e: Exception) -> UserError:
@@ -351,15 +354,16 @@ def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
     if rt_cfg.rounds:
         run_redteam(rt_cfg, recipe, runner, RunContext(run_dir, cfg.model, cfg.seed, cfg.dtype, cfg.backend),
                     overwrite=cfg.overwrite)
-    timings = {s: json.loads((run_dir / s / ".done.json").read_text()).get("seconds") for s in stages
-               if is_done(run_dir / s)}
+    done = {s: json.loads((run_dir / s / ".done.json").read_text()) for s in stages if is_done(run_dir / s)}
+    timings = {s: d.get("seconds") for s, d in done.items()}
     meta["stage_seconds"] = timings
+    meta["stage_peak_rss_gb"] = {s: d.get("peak_rss_gb") for s, d in done.items()}
     meta_file.write_text(json.dumps(meta, indent=2))
-    _print_headline(eval_dirs, run_dir, timings)
+    _print_headline(eval_dirs, run_dir, timings, meta["stage_peak_rss_gb"])
     return run_dir
 
 
-def _print_headline(eval_dirs: list[Path], run_dir: Path, timings: dict) -> None:
+def _print_headline(eval_dirs: list[Path], run_dir: Path, timings: dict, peaks: dict | None = None) -> None:
     """The headline numbers, one column per model: rate [95% interval] (k/n), with the judge named, and the
     exact McNemar p-value of Rational against each other model on the same prompts."""
     from rich.console import Console
@@ -395,6 +399,8 @@ def _print_headline(eval_dirs: list[Path], run_dir: Path, timings: dict) -> None
     console.print(table)
     console.print("p: exact McNemar test on the prompts both models answered (paired).")
     console.print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    if peaks:
+        console.print("stage peak RSS (GB): " + ", ".join(f"{k} {v}" for k, v in peaks.items()))
     console.print(f"report: {run_dir / 'report' / 'report.html'}")
 
 
