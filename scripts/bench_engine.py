@@ -11,7 +11,8 @@ Workloads, built from the project's seed pool (src/rational/resources/seed_pool.
 
 A variant is ENGINE:DTYPE:BATCH[:OPTION...] with OPTION noprefix (no shared-prefix prefill), noretire (finished
 rows stay in the batch), t1 (one torch thread) or passive (OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep
-instead of spinning; --env sets variables for every run). `naive` is hf:float32:1 (plain transformers, fp32, batch 1) on the first --naive-rows rows;
+instead of spinning; --env sets variables for every run). `llamacpp:gguf:1` runs the
+GGUF as shipped through llama-cpp-python (the `llamacpp` backend). `naive` is hf:float32:1 (plain transformers, fp32, batch 1) on the first --naive-rows rows;
 every ratio is against the naive run of the same round and workload. Each run is its own process (its own peak
 RSS), variants run in rounds whose order alternates, and the load average is recorded before and after each run:
 on a shared machine compare ratios within a round, not absolute numbers across runs.
@@ -80,7 +81,13 @@ def child(spec: dict) -> dict:
     if "t1" in opts:
         torch.set_num_threads(1)
     options = {"share_prefix": "noprefix" not in opts, "retire": "noretire" not in opts} if engine == "fast" else {}
-    gen = HFGenerator.load(spec["model"], dtype=dtype, batch_size=int(batch), engine=engine, engine_options=options)
+    if engine == "llamacpp":  # llamacpp:gguf:1 - the GGUF as shipped, one sequence at a time
+        from rational.backends import LlamaCppGenerator
+
+        gen = LlamaCppGenerator(spec["model"], n_threads=torch.get_num_threads())
+    else:
+        gen = HFGenerator.load(spec["model"], dtype=dtype, batch_size=int(batch), engine=engine,
+                               engine_options=options)
     chats, params, per_call, seed_of = workload(spec["workload"], spec["rows"])
     chats = chats[: spec["rows"]]
     gen.generate(chats[:2], SamplingParams(max_new_tokens=2), progress=False)  # warm-up
@@ -96,7 +103,7 @@ def child(spec: dict) -> dict:
     wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     comps = [o.completions[0] for o in outs]
     tokens = sum(c.num_tokens for c in comps)
-    return {**spec, "engine": gen.engine, "tokens": tokens, "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+    return {**spec, "engine": getattr(gen, "engine", engine), "tokens": tokens, "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
             "tok_per_s": round(tokens / wall, 2), "load_before": load_before, "load_after": _load(),
             "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
             "rss_before_mb": rss_before, "peak_rss_mb": _status_mb("VmHWM"),

@@ -413,17 +413,3 @@ def test_auto_picks_llamacpp_only_without_native_bf16(monkeypatch):
     assert backends.pick_backend("auto", "qwen2.5-coder-0.5b-instruct", dtype="float32") == "hf"  # asked for HF
     assert backends.pick_backend("auto", "some/hub-model") == "hf"  # no GGUF to run
 
-
-def test_llamacpp_greedy_runs_the_embedded_gguf_with_an_adapter(tmp_path):
-    """Real llama.cpp on the embedded GGUF (skips without llama-cpp-python or the cached model)."""
-    pytest.importorskip("llama_cpp")
-    from rational.models import is_cached
-
-    if not is_cached("qwen2.5-coder-0.5b-instruct"):
-        pytest.skip("embedded model not cached")
-    gen = load_generator("llamacpp", "qwen2.5-coder-0.5b-instruct")
-    params = SamplingParams(max_new_tokens=12, temperature=0.0)
-    a = gen.generate(CHATS[:2], params, progress=False)
-    b = gen.generate(CHATS[:2], params, progress=False)
-    assert [o.text for o in a] == [o.text for o in b] and all(o.text for o in a)
-    assert all(0 < o.completions[0].num_tokens <= 12 for o in a)

@@ -20,6 +20,7 @@ import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -288,6 +289,39 @@ class VLLMGenerator:
         return results
 
 
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_tile" in f.read()
+    except OSError:
+        return False
+
+
+@contextmanager
+def _llamacpp_plain_buffers(enabled: bool):
+    """Load without llama.cpp's extra CPU buffer types while on. On AMX CPUs (measured on a 2-core Xeon VM,
+    llama-cpp-python 0.3.36 built with -march=native) llama.cpp repacks weights for AMX and its matmul dies with
+    SIGILL on `tilezero` in the first multi-token batch; plain buffers run. `Llama` has no argument for
+    `llama_model_params.use_extra_bufts`, so the bindings' default-params function is wrapped while it loads."""
+    if not enabled:
+        yield
+        return
+    import llama_cpp.llama_cpp as bindings
+
+    default = bindings.llama_model_default_params
+
+    def plain():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    bindings.llama_model_default_params = plain
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = default
+
+
 class LlamaCppGenerator:
     """llama.cpp through llama-cpp-python (`pip install 'rational[llamacpp]'`), imported only when chosen: runs
     the registry model's GGUF as shipped (no dequantisation), the fast path on CPUs without native bf16.
@@ -312,8 +346,9 @@ class LlamaCppGenerator:
         lora = adapter_to_gguf(adapter, path) if adapter else None
         self.tokenizer = load_tokenizer(resolve(spec))
         self.model_name = spec
-        self.llm = Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=n_ctx, seed=seed,
-                         n_threads=n_threads or os.cpu_count(), n_batch=512, verbose=False)
+        with _llamacpp_plain_buffers(_cpu_has_amx()):
+            self.llm = Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=n_ctx, seed=seed,
+                             n_threads=n_threads or os.cpu_count(), n_batch=512, verbose=False)
         self.stats = {"tokens": 0, "seconds": 0.0}
 
     def generate(self, chats: list[Chat], params: SamplingParams, progress: bool = True,
