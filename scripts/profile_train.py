@@ -1,13 +1,14 @@
 """Where a CPU training step spends its time (torch.profiler), and the speed of the options that change it.
 
-    .venv/bin/python scripts/profile_train.py --steps 6 --batch 4                     # profile + variants
-    .venv/bin/python scripts/profile_train.py --variants baseline --profile-only      # just the breakdown
+    PYTHONPATH=src .venv/bin/python scripts/profile_train.py --steps 6 --batch 4           # every variant, timed
+    PYTHONPATH=src .venv/bin/python scripts/profile_train.py --variants before after --profile before after
 
 Records have realistic, varying lengths (a short or long request, four reasoning lines, an answer of 20-200
 words), benign text only. Each variant trains the same records for the same steps in its own process (so peak
 RSS is per variant) and reports s/step, trained tokens/s (tokens in the batches, padding excluded) and the final
-loss; the first step is a warm-up and is not timed. The profile of the baseline groups op self-times into
-matmul, attention, LM head and loss, optimizer, LoRA dropout and the rest.
+loss; the first step is a warm-up and is not timed. Variants named by --profile are profiled on two steps
+(op self-times grouped into matmul, attention, LM head and loss, optimizer, LoRA dropout and the rest); the
+profiler slows them, so time variants in a run without --profile.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ import time
 from pathlib import Path
 
 VARIANTS = {
-    # name: extra TrainConfig fields
-    "baseline": {},
-    "group_by_length": {"group_by_length": True},
-    "no_lora_dropout": {"lora_dropout": 0.0},
-    "padding_free": {"padding_free": True},
-    "fast": {"group_by_length": True, "lora_dropout": 0.0},
+    # name: extra TrainConfig fields. "before" is the trainer as it was (TRL's CPU LM head over every position,
+    # padded batches, LoRA dropout 0.05); each other variant changes one thing, "after" all of them.
+    "before": {"compact_lm_head": False},
+    "padding_free": {"compact_lm_head": False, "padding_free": True},
+    "compact_lm_head": {},
+    "no_lora_dropout": {"compact_lm_head": False, "lora_dropout": 0.0},
+    "group_by_length": {"compact_lm_head": False, "group_by_length": True},
+    "after_keep_dropout": {"padding_free": True},
+    "after": {"padding_free": True, "lora_dropout": 0.0},
 }
 
 _WORDS = ("the tool needs a clean workspace before you start and a second pair of hands helps when the parts "
@@ -75,7 +79,7 @@ def child(args) -> None:
 
     trainer.add_callback(Clock())
     profile = None
-    if args.profile:
+    if args.profile_child:
         from torch.profiler import ProfilerActivity, schedule
         from torch.profiler import profile as torch_profile
 
@@ -117,9 +121,10 @@ def child(args) -> None:
 
 def _breakdown(prof) -> dict:
     """Self CPU time of the profiled steps, grouped by what the ops do."""
-    groups = {"matmul (linear layers, LoRA A/B)": ("addmm", "mm", "bmm", "matmul", "linear"),
-              "attention": ("scaled_dot_product", "_flash_attention", "softmax"),
-              "LM head + loss (log-softmax, gather)": ("log_softmax", "logsumexp", "gather", "nll", "cross_entropy"),
+    groups = {"matmul (linear layers, LoRA A/B, LM head tiles)": ("addmm", "mm", "bmm", "matmul", "linear"),
+              "attention": ("_scaled_dot_product", "scaled_dot_product", "_flash_attention", "softmax"),
+              "LM head + loss (TRL chunked log-prob, log-softmax)": ("chunkedlogprob", "log_softmax", "logsumexp",
+                                                                     "gather", "nll", "cross_entropy"),
               "optimizer (AdamW)": ("adam", "_foreach", "lerp", "addcdiv"),
               "dropout": ("dropout", "bernoulli"),
               "copies, casts, layout": ("copy_", "to", "contiguous", "clone", "cat", "empty", "fill_", "zero_"),
@@ -147,18 +152,18 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--max-length", type=int, default=768)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--profile-only", action="store_true", help="only the baseline, with the profile")
+    p.add_argument("--profile", nargs="*", default=[], choices=list(VARIANTS), help="variants to profile")
     p.add_argument("--out", default="runs/profile_train.json")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--name", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
-    p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--profile-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.child:
         return child(args)
-    variants = ["baseline"] if args.profile_only else args.variants
+    variants = args.variants
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "sft.jsonl"
@@ -168,15 +173,16 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", json.dumps(VARIANTS[name]), "--name", name, "--data", str(data),
                    "--result", str(result), "--out", str(Path(tmp) / name), "--model", args.model, "--dtype",
                    args.dtype, "--steps", str(args.steps), "--batch", str(args.batch), "--max-length",
-                   str(args.max_length)] + (["--profile"] if name == "baseline" else [])
+                   str(args.max_length)] + (["--profile-child"] if name in args.profile else [])
             subprocess.run(cmd, check=True)
             rows.append(json.loads(result.read_text()))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "profile"}), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join(sys.argv), "load": os.getloadavg(), "results": rows}, indent=2))
-    if rows and "profile" in rows[0]:
-        print(json.dumps(rows[0]["profile"], indent=1))
+    for row in rows:
+        if "profile" in row:
+            print(row["variant"], json.dumps(row["profile"], indent=1))
     print(f"wrote {out}")
 
 

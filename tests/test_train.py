@@ -151,6 +151,22 @@ def test_packed_training_gives_the_same_loss_as_padded(sft_file, tmp_path, layou
     assert all(torch.allclose(w_pad[n], w_pack[n], atol=1e-5) for n in w_pad)
 
 
+def test_compact_lm_head_on_cpu_gives_the_same_loss(sft_file, tmp_path):
+    """Only labelled positions through TRL's fused LM head on CPU (compact_lm_head): same losses, same weights."""
+    import torch
+    import trl.trainer.utils as trl_utils
+
+    runs = {}
+    for compact in (False, True):
+        trainer, _ = build_trainer(_cfg(sft_file, tmp_path / str(compact), lora_dropout=0.0, max_steps=3,
+                                        compact_lm_head=compact))
+        assert trl_utils._use_triton(torch.device("cpu")) is compact  # the switch TRL reads is really set
+        trainer.train()
+        runs[compact] = (_losses(trainer), _trainable(trainer.model))
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
+    assert all(torch.allclose(runs[False][1][n], runs[True][1][n], atol=1e-6) for n in runs[False][1])
+
+
 def test_resume_gives_same_parameters_as_uninterrupted(sft_file, tmp_path):
     """A run resumed from its step-2 checkpoint ends with exactly the weights of the run that never stopped."""
     from safetensors.torch import load_file

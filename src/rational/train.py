@@ -148,6 +148,9 @@ class TrainConfig:
     padding_free: bool = setting(False, "Padding-free batches: a batch is one row of its examples end to end "
                                  "(no padding; loss and mask unchanged; without packing, examples longer than "
                                  "max_length are dropped, not truncated).", same_on_resume=True)
+    compact_lm_head: bool = setting(True, "On CPU, put only the labelled (completion) positions through the LM "
+                                    "head, as TRL does on GPU; the loss is the same, prompt and padding cost "
+                                    "nothing.")
     save_steps: int = setting(50, "Checkpoint every N steps.")
     save_total_limit: int | None = setting(2, "Checkpoints kept (oldest deleted first).")
     logging_steps: int = setting(1, "Log loss every N steps.")
@@ -642,6 +645,7 @@ def build_trainer(cfg: TrainConfig, prepared: Prepared | None = None, model=None
     from datasets import Dataset
     from trl import SFTTrainer
 
+    _lm_head_labelled_positions_on_cpu(bool(cfg.compact_lm_head))
     peft_config = _lora_config(cfg, model) if cfg.method == "lora" else None
     try:
         trainer = SFTTrainer(model=model, args=_sft_config(cfg, torch_dtype, device),
@@ -653,6 +657,34 @@ def build_trainer(cfg: TrainConfig, prepared: Prepared | None = None, model=None
                             f"{str(e).splitlines()[0][:200]}") from None
         raise
     return trainer, prepared
+
+
+_COMPACT_LM_HEAD = {"on": True}
+
+
+def _lm_head_labelled_positions_on_cpu(on: bool) -> None:
+    """Make TRL's fused LM head project only the positions that carry a label on CPU, as it does on CUDA.
+
+    TRL 1.x (`trl.trainer.utils.add_fused_lm_head`) scores only labelled positions where Triton runs and every
+    position elsewhere, to keep tile shapes fixed for compilers such as Neuron. On CPU eager there is nothing to
+    recompile, and scoring every position means the prompt and padding go through the 151k-wide LM head, its
+    softmax statistics and its fp32 backward for nothing: the loss is the same either way (unlabelled positions
+    are zeroed), tests/test_train.py checks it. A TRL without this switch point is left as it is.
+    """
+    _COMPACT_LM_HEAD["on"] = on
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:
+        return
+    current = getattr(trl_utils, "_use_triton", None)
+    if current is None or getattr(current, "rational_wrapped", False):
+        return
+
+    def compact_here(device, _original=current):
+        return (device.type == "cpu" and _COMPACT_LM_HEAD["on"]) or _original(device)
+
+    compact_here.rational_wrapped = True
+    trl_utils._use_triton = compact_here
 
 
 def _is_oom(err: BaseException) -> bool:
