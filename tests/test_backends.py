@@ -398,18 +398,19 @@ def test_llamacpp_missing_is_one_line_and_auto_falls_back(monkeypatch):
     assert backends.pick_backend("auto", "tiny-random") == "hf"
 
 
-def test_auto_picks_llamacpp_only_without_native_bf16(monkeypatch):
+def test_auto_picks_llamacpp_only_for_one_stream_without_native_bf16(monkeypatch):
     import importlib.util
 
     import rational.backends as backends
-    import rational.models as models
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "llama_cpp" else real(n, *a))
     for bf16, want in ((False, "llamacpp"), (True, "hf")):
-        monkeypatch.setattr(models, "cpu_supports_bf16", lambda: bf16)
+        monkeypatch.setattr(backends, "cpu_supports_bf16", lambda: bf16)
         assert backends.pick_backend("auto", "qwen2.5-coder-0.5b-instruct") == want
-    monkeypatch.setattr(models, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(backends, "cpu_supports_bf16", lambda: False)
+    # Batched stage work stays on the HF engine, whose fp32 batches out-run llama.cpp's one stream.
+    assert backends.pick_backend("auto", "qwen2.5-coder-0.5b-instruct", batch_size=16) == "hf"
     assert backends.pick_backend("auto", "qwen2.5-coder-0.5b-instruct", dtype="float32") == "hf"  # asked for HF
     assert backends.pick_backend("auto", "some/hub-model") == "hf"  # no GGUF to run
 

@@ -26,7 +26,16 @@ from typing import Protocol
 
 from .engine import Engine, TemperatureTopP, sample_from, supports  # noqa: F401 (sample_from: re-export)
 from .errors import UserError
-from .models import load_model_and_tokenizer, load_tokenizer, resolve, stop_token_ids
+from .models import (
+    REGISTRY,
+    adapter_to_gguf,
+    cpu_supports_bf16,
+    gguf_file,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    resolve,
+    stop_token_ids,
+)
 from .reasoning import DEFAULT_FORMAT, ReasoningFormat, join_reasoning
 
 Chat = list[dict[str, str]]
@@ -340,8 +349,6 @@ class LlamaCppGenerator:
             from llama_cpp import Llama
         except ImportError:
             raise UserError("backend 'llamacpp' needs llama-cpp-python: pip install 'rational[llamacpp]'") from None
-        from .models import adapter_to_gguf, gguf_file
-
         path = gguf_file(spec)
         lora = adapter_to_gguf(adapter, path) if adapter else None
         self.tokenizer = load_tokenizer(resolve(spec))
@@ -498,7 +505,7 @@ def load_generator(backend: str, model: str, adapter: str | None = None, dtype: 
     """Build a generator by backend name. `model` is a model spec (hf/vllm) or the served model name (openai).
 
     `reasoning_format`: the tags an `openai` endpoint's separate `reasoning_content` is joined back with."""
-    backend = pick_backend(backend, model, dtype)
+    backend = pick_backend(backend, model, dtype, batch_size)
     if backend == "hf":
         return HFGenerator.load(model, adapter=adapter, dtype=dtype, batch_size=batch_size,
                                 trust_remote_code=trust_remote_code)
@@ -515,14 +522,16 @@ def load_generator(backend: str, model: str, adapter: str | None = None, dtype: 
     raise UserError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")
 
 
-def pick_backend(backend: str, model: str, dtype: str = "auto") -> str:
-    """`auto`: llama.cpp on a CPU-only machine without native bf16 (where HF falls back to slow fp32) when
-    llama-cpp-python is installed, the model ships as GGUF and no dtype was asked for; `hf` otherwise."""
+def pick_backend(backend: str, model: str, dtype: str = "auto", batch_size: int = 1) -> str:
+    """`auto`: llama.cpp for one stream (batch size 1: chat, a single client) on a CPU-only machine without
+    native bf16, when llama-cpp-python is installed, the model ships as GGUF and no dtype was asked for; `hf`
+    otherwise. Measured (BENCHMARKS.md): llama.cpp's one stream (~25 tok/s) beats HF fp32 at batch 1 (~9 tok/s)
+    but not the HF engine's fp32 batches (41-43 tok/s at 16 rows, with torch held to AVX2 or not)."""
     if backend != "auto":
         return backend
+    if batch_size > 1:
+        return "hf"
     import importlib.util
-
-    from .models import REGISTRY, cpu_supports_bf16
 
     gguf = (model in REGISTRY and REGISTRY[model].offline is not None) or model.endswith(".gguf")
     if dtype == "auto" and gguf and importlib.util.find_spec("llama_cpp") is not None and not cpu_supports_bf16():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from .backends import HFGenerator, SamplingParams
+from .backends import SamplingParams, load_generator
 from .config import check_range, setting
 from .models import DEFAULT_MODEL
 from .reasoning import ReasoningFormat, parse_output
@@ -24,6 +24,8 @@ class ChatConfig:
     max_new_tokens: int = setting(512, "Token limit per answer.")
     temperature: float = setting(0.0, "Sampling temperature; 0 = greedy.")
     dtype: str = setting("auto", "auto | float32 | bfloat16 | float16.")
+    backend: str = setting("auto", "auto | hf | llamacpp (auto: llama.cpp on a CPU without native bf16 when "
+                           "llama-cpp-python is installed, else hf).")
     seed: int = setting(0, "Sampling seed.")
     reasoning_open: str = setting("<think>", "Tag that opens the reasoning block.")
     reasoning_close: str = setting("</think>", "Tag that closes the reasoning block.")
@@ -47,7 +49,7 @@ def _show(text: str, fmt: ReasoningFormat, show_reasoning: bool) -> None:
 
 
 def chat_command(cfg: ChatConfig) -> None:
-    gen = HFGenerator.load(cfg.model, adapter=cfg.adapter, dtype=cfg.dtype, batch_size=1)
+    gen = load_generator(cfg.backend, cfg.model, adapter=cfg.adapter, dtype=cfg.dtype, batch_size=1, seed=cfg.seed)
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
     fmt = ReasoningFormat(cfg.reasoning_open, cfg.reasoning_close)
     history: list[dict[str, str]] = [{"role": "system", "content": cfg.system}] if cfg.system else []

@@ -280,7 +280,7 @@ class PeakMemory:
     def __init__(self, interval: float = 0.1):
         import threading
 
-        self.interval, self.peak_gb = interval, 0.0
+        self.interval, self.peak_gb, self.start_gb = interval, 0.0, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -301,7 +301,7 @@ class PeakMemory:
             self.peak_gb = max(self.peak_gb, self.current_gb())
 
     def __enter__(self) -> "PeakMemory":
-        self.peak_gb = self.current_gb()
+        self.start_gb = self.peak_gb = self.current_gb()
         self._thread.start()
         return self
 

@@ -264,6 +264,23 @@ def load_resource(name: str) -> dict:
 # ------------------------------------------------------------------------------------------ judges
 
 
+# Loaded feature models, shared by every learned judge of a process that reads the same model (the refusal and
+# harm judges both read the embedded model: one copy, one load). `release_models()` empties it between stages.
+_FEATURE_MODELS: dict[tuple[str, str], tuple] = {}
+
+
+def _feature_model(spec: str, dtype: str):
+    key = (spec, dtype)
+    if key not in _FEATURE_MODELS:
+        _FEATURE_MODELS[key] = load_model_and_tokenizer(spec, dtype=dtype)
+    return _FEATURE_MODELS[key]
+
+
+def release_models() -> None:
+    """Forget the shared feature models (judges holding one keep it until they are dropped)."""
+    _FEATURE_MODELS.clear()
+
+
 class _LearnedJudge:
     """Shared mechanics: lazy model load, features, head. Subclasses turn probabilities into a Verdict."""
 
@@ -287,7 +304,7 @@ class _LearnedJudge:
 
     def load(self):
         if self._model is None:
-            model, tokenizer = load_model_and_tokenizer(self.spec.model, dtype=self.dtype)
+            model, tokenizer = _feature_model(self.spec.model, self.dtype)
             hidden = model.get_input_embeddings().weight.shape[1]
             want = len(self.resource["head"]["mean"])
             if hidden * len(self.spec.layers) != want:

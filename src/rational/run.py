@@ -40,6 +40,7 @@ from .data import DataConfig, run_data
 from .errors import UserError
 from .eval import EvalConfig, run_eval
 from .generate import GenerateConfig, run_generate
+from .learned_judges import release_models as release_judge_models
 from .models import DEFAULT_MODEL
 from .mutations import MUTATIONS
 from .pairs import PairsConfig, run_pairs
@@ -214,7 +215,8 @@ class Runner:
         self.timings[stage] = dt
         self.peak_rss[stage] = round(memory.peak_gb, 1)
         self.spent_estimate += self.estimates[stage]
-        mark_done(stage_dir, {"stage": stage, "seconds": round(dt, 1), "peak_rss_gb": self.peak_rss[stage], **info,
+        mark_done(stage_dir, {"stage": stage, "seconds": round(dt, 1), "peak_rss_gb": self.peak_rss[stage],
+                              "start_rss_gb": round(memory.start_gb, 1), **info,
                               **({"fingerprint": fingerprint(cfg)} if cfg is not None else {})})
 
     def _fail(self, stage: str, stage_dir: Path, e: Exception) -> UserError:
@@ -244,6 +246,7 @@ def run_pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
 def release_memory() -> None:
     """After a stage: collect its models and hand freed heap pages back to the OS (glibc keeps them otherwise, and
     the next stage's peak lands on top of the last one's)."""
+    release_judge_models()
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -340,6 +343,10 @@ def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
 
     if "pairs" in stages:
         runner.run("pairs", do_pairs, pairs_cfg)
+    # Training loads its own copy of the model: the generator's (~1 GB in bf16, with its KV buffers) would sit
+    # on top of the training peak. eval-base loads it again (seconds).
+    generator = None
+    release_memory()
     for name in models:  # a DPO model after the SFT model it starts from
         runner.run(f"train-{name}", lambda d, c=train_cfgs[name]: run_train(c), train_cfgs[name])
 
