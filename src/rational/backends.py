@@ -333,7 +333,8 @@ def _llamacpp_plain_buffers(enabled: bool):
 
 class LlamaCppGenerator:
     """llama.cpp through llama-cpp-python (`pip install 'rational[llamacpp]'`), imported only when chosen: runs
-    the registry model's GGUF as shipped (no dequantisation), the fast path on CPUs without native bf16.
+    the registry model's GGUF as shipped (no dequantisation): on CPUs without native bf16 the fast path for one
+    stream (chat), with a third of the HF backend's memory; batched stage work is faster on the HF engine.
 
     Prompts are templated by the same Hugging Face tokenizer as every other backend and passed as token ids, so
     the model sees exactly what it was trained on. An adapter is converted once to a llama.cpp LoRA GGUF
