@@ -356,6 +356,9 @@ def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
         runner.run(f"eval-{name}", lambda d, c=ecfg: run_eval(
             c, generator=base_generator() if c.adapter is None else None), ecfg)
         eval_dirs.append(run_dir / f"eval-{name}")
+        if ecfg.adapter is None:  # nothing after eval-base uses the base generator: free it for the next evals
+            generator = None
+            release_memory()
 
     runner.run("report", lambda d: {"html": str(report.build_report(eval_dirs, d / "report.html"))})
     if rt_cfg.rounds:
