@@ -11,9 +11,9 @@ Workloads, built from the project's seed pool (src/rational/resources/seed_pool.
 
 A variant is ENGINE:DTYPE:BATCH[:OPTION...] with OPTION noprefix (no shared-prefix prefill), noretire (finished
 rows stay in the batch), t1 (one torch thread) or passive (OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep
-instead of spinning; --env sets variables for every run). `llamacpp:gguf:1` runs the
-GGUF as shipped through llama-cpp-python (the `llamacpp` backend). `naive` is hf:float32:1 (plain transformers, fp32, batch 1) on the first --naive-rows rows;
-every ratio is against the naive run of the same round and workload. Each run is its own process (its own peak
+instead of spinning; --env sets variables for every run). `llamacpp:gguf:1` runs the GGUF as shipped through
+llama-cpp-python (the `llamacpp` backend). `naive` is hf:float32:1 (plain transformers, fp32, batch 1) on the
+first --naive-rows rows; every ratio is against the naive run of the same round and workload. Each run is its own process (its own peak
 RSS), variants run in rounds whose order alternates, and the load average is recorded before and after each run:
 on a shared machine compare ratios within a round, not absolute numbers across runs.
 """
@@ -103,7 +103,8 @@ def child(spec: dict) -> dict:
     wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     comps = [o.completions[0] for o in outs]
     tokens = sum(c.num_tokens for c in comps)
-    return {**spec, "engine": getattr(gen, "engine", engine), "tokens": tokens, "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+    return {**spec, "engine": getattr(gen, "engine", engine), "tokens": tokens, "seconds": round(wall, 1),
+            "cpu_seconds": round(cpu, 1),
             "tok_per_s": round(tokens / wall, 2), "load_before": load_before, "load_after": _load(),
             "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
             "rss_before_mb": rss_before, "peak_rss_mb": _status_mb("VmHWM"),

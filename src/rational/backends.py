@@ -29,6 +29,7 @@ from .errors import UserError
 from .models import (
     REGISTRY,
     adapter_to_gguf,
+    cpu_has,
     cpu_supports_bf16,
     gguf_file,
     load_model_and_tokenizer,
@@ -298,14 +299,6 @@ class VLLMGenerator:
         return results
 
 
-def _cpu_has_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_tile" in f.read()
-    except OSError:
-        return False
-
-
 @contextmanager
 def _llamacpp_plain_buffers(enabled: bool):
     """Load without llama.cpp's extra CPU buffer types while on. On AMX CPUs (measured on a 2-core Xeon VM,
@@ -354,7 +347,7 @@ class LlamaCppGenerator:
         lora = adapter_to_gguf(adapter, path) if adapter else None
         self.tokenizer = load_tokenizer(resolve(spec))
         self.model_name = spec
-        with _llamacpp_plain_buffers(_cpu_has_amx()):
+        with _llamacpp_plain_buffers(cpu_has("amx_tile")):
             self.llm = Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=n_ctx, seed=seed,
                              n_threads=n_threads or os.cpu_count(), n_batch=512, verbose=False)
         self.stats = {"tokens": 0, "seconds": 0.0}

@@ -40,7 +40,8 @@ class DataConfig:
                          "styles); loaded only when such an attack is asked for.", same_on_resume=True)
     out: str = setting("runs/data", "Output folder (train_prompts.jsonl, eval_prompts.jsonl, split.json).")
     seed: int = setting(0, "Seed for the split, the samples and the mutations.", same_on_resume=True)
-    backend: str = setting("hf", "Backend for model-based rewrites: auto | hf | llamacpp | vllm | openai.", same_on_resume=True)
+    backend: str = setting("hf", "Backend for model-based rewrites: auto | hf | llamacpp | vllm | openai.",
+                           same_on_resume=True)
     dtype: str = setting("auto", "auto | float32 | bfloat16 | float16.", same_on_resume=True)
     batch_size: int = setting(8, "Batch size of the model-based rewrites.", same_on_resume=True)
     pools: list[str] = setting(default_factory=lambda: ["seed"], help="Base prompt pools (file or name); the "

@@ -92,8 +92,8 @@ class EvalConfig:
     temperature: float = setting(0.0, "Sampling temperature; 0 = greedy (default).", same_on_resume=True)
     top_p: float = setting(1.0, "Nucleus sampling mass (only with temperature > 0).", same_on_resume=True)
     batch_size: int = setting(8, "Generation batch size.")
-    backend: str = setting("hf", "Inference backend: auto | hf | llamacpp | vllm | openai (auto: llamacpp on a CPU without "
-                           "native bf16 when llama-cpp-python is installed, else hf).")
+    backend: str = setting("hf", "Inference backend: auto | hf | llamacpp | vllm | openai (auto: hf for batched "
+                           "work; llamacpp only for one stream on a CPU without native bf16).")
     base_url: str | None = setting(None, "Endpoint for --backend openai (e.g. http://127.0.0.1:8000/v1).")
     dtype: str = setting("auto", "auto | float32 | bfloat16 | float16 (auto: bf16 where the hardware has it).")
     seed: int = setting(0, "Seed for sampling and suite samples.", same_on_resume=True)

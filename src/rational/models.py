@@ -457,12 +457,17 @@ def adapter_to_gguf(adapter: str | Path, base_gguf: Path) -> Path:
     return out
 
 
+def cpu_has(*flags: str) -> bool:
+    """True when /proc/cpuinfo lists any of `flags` (False where there is no /proc/cpuinfo)."""
+    with contextlib.suppress(OSError):
+        info = Path("/proc/cpuinfo").read_text()
+        return any(f in info for f in flags)
+    return False
+
+
 def cpu_supports_bf16() -> bool:
     """Native bf16 on this CPU (AVX512-BF16 or AMX). Without it bf16 is emulated and slower than fp32."""
-    with contextlib.suppress(OSError):
-        flags = Path("/proc/cpuinfo").read_text()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return False
+    return cpu_has("avx512_bf16", "amx_bf16")
 
 
 def pick_dtype(dtype: str = "auto", device: str | None = None):

@@ -315,6 +315,11 @@ def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
                                        seed=cfg.seed)
         return generator
 
+    def free_base_generator():  # training and the fine-tuned evals load their own model: ~1 GB less under them
+        nonlocal generator
+        generator = None
+        release_memory()
+
     runner.run("data", lambda d: {"split": run_data(data_cfg, base_generator)["train"]}, data_cfg)
 
     def do_generate(d: Path):
@@ -343,10 +348,7 @@ def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
 
     if "pairs" in stages:
         runner.run("pairs", do_pairs, pairs_cfg)
-    # Training loads its own copy of the model: the generator's (~1 GB in bf16, with its KV buffers) would sit
-    # on top of the training peak. eval-base loads it again (seconds).
-    generator = None
-    release_memory()
+    free_base_generator()  # eval-base loads it again (seconds)
     for name in models:  # a DPO model after the SFT model it starts from
         runner.run(f"train-{name}", lambda d, c=train_cfgs[name]: run_train(c), train_cfgs[name])
 
@@ -356,9 +358,8 @@ def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
         runner.run(f"eval-{name}", lambda d, c=ecfg: run_eval(
             c, generator=base_generator() if c.adapter is None else None), ecfg)
         eval_dirs.append(run_dir / f"eval-{name}")
-        if ecfg.adapter is None:  # nothing after eval-base uses the base generator: free it for the next evals
-            generator = None
-            release_memory()
+        if ecfg.adapter is None:  # nothing after eval-base uses it
+            free_base_generator()
 
     runner.run("report", lambda d: {"html": str(report.build_report(eval_dirs, d / "report.html"))})
     if rt_cfg.rounds:
