@@ -10,7 +10,8 @@ Workloads, built from the project's seed pool (src/rational/resources/seed_pool.
              one call per 4 x batch prompts.
 
 A variant is ENGINE:DTYPE:BATCH[:OPTION...] with OPTION noprefix (no shared-prefix prefill), noretire (finished
-rows stay in the batch), t1 (one torch thread) or passive (OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep
+rows stay in the batch), norefill (free rows are not refilled from the queue: static batches), refillN (refill
+once N% of the rows are free; default 25), t1 (one torch thread) or passive (OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep
 instead of spinning; --env sets variables for every run). `llamacpp:gguf:1` runs the GGUF as shipped through
 llama-cpp-python (the `llamacpp` backend). `naive` is hf:float32:1 (plain transformers, fp32, batch 1) on the
 first --naive-rows rows; every ratio is against the naive run of the same round and workload. Each run is its own process (its own peak
@@ -80,7 +81,11 @@ def child(spec: dict) -> dict:
     engine, dtype, batch, *opts = spec["variant"].split(":")
     if "t1" in opts:
         torch.set_num_threads(1)
-    options = {"share_prefix": "noprefix" not in opts, "retire": "noretire" not in opts} if engine == "fast" else {}
+    options = {"share_prefix": "noprefix" not in opts, "retire": "noretire" not in opts,
+               "refill": "norefill" not in opts} if engine == "fast" else {}
+    for o in opts:
+        if o.startswith("refill") and o[6:].isdigit():  # refillN: refill once N% of the rows are free
+            options["refill_at"] = int(o[6:]) / 100
     if engine == "llamacpp":  # llamacpp:gguf:1 - the GGUF as shipped, one sequence at a time
         from rational.backends import LlamaCppGenerator
 

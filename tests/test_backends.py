@@ -205,6 +205,43 @@ def test_fast_engine_shares_prefixes_and_retires(chaotic, monkeypatch):
     assert calls[-1][0][0] < first_step[0][0]
 
 
+@pytest.mark.parametrize("n,temperature", [(1, 0.0), (2, 0.8)])
+def test_refilling_free_rows_changes_no_output(chaotic, monkeypatch, n, temperature):
+    # Continuous batching: rows that retire are refilled from the queue and merged into the running cache.
+    from rational import engine
+
+    model, tok, extra_stop = chaotic
+    merges = []
+    merge = engine.Engine._merge
+
+    def spy(self, running, new, max_new_tokens):
+        out = merge(running, new, max_new_tokens)
+        mask, lengths = out[1], out[1].sum(1)
+        # Every row compacted: its tokens fill the last columns, and the cache is as wide as its longest row.
+        assert mask.shape[1] == lengths.max() and mask.shape[0] == len(running[1]) + len(new[1])
+        assert all(row[mask.shape[1] - k :].all() and not row[: mask.shape[1] - k].any() for row, k in zip(mask, lengths))
+        merges.append(1)
+        return out
+
+    monkeypatch.setattr(engine.Engine, "_merge", spy)
+    params = SamplingParams(max_new_tokens=24, n=n, temperature=temperature, top_p=0.9, seed=3)
+    outs = {}
+    for refill in (True, False):
+        gen = HFGenerator(model, tok, batch_size=3, engine_options={"refill": refill})
+        gen.eos_ids = gen.eos_ids + extra_stop
+        merges.clear()
+        outs[refill] = _rows(gen.generate(MIXED, params, progress=False))
+        if refill:
+            assert len(merges) >= 3  # several refills happened, each merged into a running batch
+        else:
+            assert not merges
+    assert outs[True] == outs[False]
+    if temperature == 0.0:
+        slow = HFGenerator(model, tok, batch_size=3, engine="hf")
+        slow.eos_ids = slow.eos_ids + extra_stop
+        assert outs[True] == _rows(slow.generate(MIXED, SamplingParams(max_new_tokens=24), progress=False))
+
+
 def test_sliding_window_models_fall_back_to_generate(chaotic):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

@@ -9,7 +9,11 @@ BENCHMARKS.md, "Generation engine"); this engine is a small decoding loop over `
    once, its KV cache is copied to the group's rows, and only the rows' own suffixes are run after it.
 2. Finished rows retire: a row that hits a stop token, a stop string or `max_new_tokens` leaves the batch and the
    KV cache at once, instead of decoding padding until the longest row of its batch ends.
-3. Logits are computed only at each row's last position (never over whole prompts), and the KV cache is written
+3. Free rows are refilled (continuous batching): once a quarter of the batch has retired, the next prompts in the
+   queue are prefilled and merged into the running batch. A CPU decoding step at 8 rows costs ~2/3 of one at 64
+   (the weights are read once per step either way), so without refilling a batch's long tail decodes at a few
+   rows per step (measured in BENCHMARKS.md, "Continuous batching").
+4. Logits are computed only at each row's last position (never over whole prompts), and the KV cache is written
    into room reserved up front instead of `DynamicCache`'s `torch.cat`, which copies every layer's whole cache at
    every step.
 
@@ -21,6 +25,10 @@ The 2D attention mask marks padding columns, and position ids count only real to
 exactly its own tokens at exactly the positions it would have alone: padding in the middle is as harmless as the
 left padding of `model.generate`. (transformers builds the causal mask from cache columns and uses position ids
 only for the rotary embedding.)
+
+A refill merges the running rows and the newcomers into one new cache in which every row is compacted: its real
+columns, in order, move to the end of the row and the padding (left or middle) goes, so the merged cache is
+exactly as wide as its longest row.
 
 Sampling. Each sequence draws from its own random generator, seeded from (seed, prompt index, sample index), so a
 sample does not depend on which rows share its batch or when they retire; temperature and top-p are applied by
@@ -106,6 +114,27 @@ def _reserved_layer():
             self.k_buf, self.v_buf = self.k_buf[: len(order)], self.v_buf[: len(order)]
             self.keys, self.values = self.k_buf[:, :, : self.length], self.v_buf[:, :, : self.length]
 
+        def merged(self, other: ReservedLayer, mine: torch.Tensor, theirs: torch.Tensor, room: int) -> ReservedLayer:
+            """A layer holding this layer's rows then `other`'s, with `room` columns reserved: row r of each part
+            takes the columns `mine[r]` (`theirs[r]`) of its old row, in that order (see `_compaction`)."""
+            import torch
+
+            new = ReservedLayer(room)
+            parts = [(self, mine), (other, theirs)]
+            b, h, _, d = self.k_buf.shape
+            width = mine.shape[1]
+            new.k_buf = self.k_buf.new_empty(b + other.k_buf.shape[0], h, room, d)
+            new.v_buf = self.v_buf.new_empty(b + other.v_buf.shape[0], h, room, d)
+            lo = 0
+            for layer, index in parts:
+                rows, index = slice(lo, lo + len(index)), index[:, None, :, None]
+                new.k_buf[rows, :, :width] = torch.take_along_dim(layer.k_buf[:, :, : layer.length], index, dim=2)
+                new.v_buf[rows, :, :width] = torch.take_along_dim(layer.v_buf[:, :, : layer.length], index, dim=2)
+                lo = rows.stop
+            new.is_initialized, new.length = True, width
+            new.keys, new.values = new.k_buf[:, :, :width], new.v_buf[:, :, :width]
+            return new
+
         def take_rows(self, index: torch.Tensor, room: int) -> ReservedLayer:
             """A new layer holding rows `index` (repeats allowed) of this one, with `room` columns reserved."""
             new = ReservedLayer(room)
@@ -132,6 +161,18 @@ def _fill_holes(keep: list[int]) -> list[int]:
     for hole, row in zip(holes, [i for i in keep if i >= n]):
         order[hole] = row
     return order
+
+
+def _compaction(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """[rows, width] cache columns that move each row's real (mask 1) columns, in order, to the last columns of a
+    `width`-column row; the columns before them repeat some other column (finite values, masked out)."""
+    import torch
+
+    cols = mask.shape[1]
+    order = torch.where(mask > 0, cols + torch.arange(cols), torch.arange(cols)).argsort(dim=1)  # padding first
+    if width > cols:
+        return torch.cat([order[:, :1].expand(-1, width - cols), order], dim=1)
+    return order[:, cols - width :]
 
 
 def supports(model) -> bool:
@@ -262,11 +303,13 @@ PREFILL_CELLS = 1 << 23  # rows x query columns x key columns per prefill call (
 class Engine:
     """Generates token ids for tokenized prompts; `HFGenerator` wraps it with chat templates and text decoding.
 
-    share_prefix / retire exist to measure each technique (scripts/bench_engine.py); both are on by default.
+    share_prefix / retire / refill exist to measure each technique (scripts/bench_engine.py); all are on by default
+    (refilling needs retiring).
     """
 
     def __init__(self, model, stop_ids: list[int], pad_id: int, batch_size: int, share_prefix: bool = True,
-                 retire: bool = True, min_shared: int = 16, prefill_chunk: int = 256):
+                 retire: bool = True, refill: bool = True, refill_at: float = 0.25, min_shared: int = 16,
+                 prefill_chunk: int = 256):
         self.model = model
         # Prompts are prefilled `prefill_chunk` columns at a time: attention over a whole long prompt at once
         # materialises [rows, heads, columns, columns] scores (64 rows of ~2,000 tokens on CPU: a 15 GB spike).
@@ -276,6 +319,10 @@ class Engine:
         self.batch_size = batch_size
         self.share_prefix = share_prefix
         self.retire = retire
+        # Refill once this fraction of the batch's rows is free: each refill copies the cache once (~0.3 s for
+        # 64 rows x 400 columns, about one decoding step) and prefills the newcomers' shared prefix again.
+        self.refill = refill
+        self.refill_at = refill_at
         self.min_shared = min_shared  # shorter common prefixes are not worth a separate prefill call
         forward = inspect.signature(model.forward).parameters
         self.cache_kw = "cache" if "cache" in forward else "past_key_values"  # renamed in transformers 5.x
@@ -372,36 +419,75 @@ class Engine:
             for seqs in results:
                 for s in seqs:
                     s.rng = torch.Generator().manual_seed(_row_seed(seed, s.prompt, s.sample))
+        if max_new_tokens <= 0:
+            return results
         with torch.inference_mode():
-            for batch in self.batches(prompts):
-                self._run_batch(batch, prompts, results, n, max_new_tokens, warper, stop_check, on_step)
+            if self.refill and self.retire:  # one queue: free rows take the next prompts
+                self._run([i for batch in self.batches(prompts) for i in batch], prompts, results, n,
+                          max_new_tokens, warper, stop_check, on_step)
+            else:  # static batches: the next batch starts when the last row of this one ends
+                for batch in self.batches(prompts):
+                    self._run(batch, prompts, results, n, max_new_tokens, warper, stop_check, on_step)
         return results
 
-    def _run_batch(self, batch, prompts, results, n, max_new_tokens, warper, stop_check, on_step) -> None:
+    def _start(self, batch: list[int], prompts, n: int, max_new_tokens: int):
+        """Prefilled (cache, mask, next positions, last logits) for `n` rows per prompt of `batch`."""
         import torch
 
-        if max_new_tokens <= 0:
-            return
-        if self.share_prefix:  # the n samples of a prompt share its whole cache: prefill once, copy n times
-            cache, mask, next_pos, logits = self._prefill([prompts[i] for i in batch], max_new_tokens)
+        if not self.share_prefix:
+            return self._prefill([prompts[i] for i in batch for _ in range(n)], max_new_tokens)
+        # The n samples of a prompt share its whole cache: prefill once, copy n times.
+        cache, mask, next_pos, logits = self._prefill([prompts[i] for i in batch], max_new_tokens)
+        if n > 1:
             rows = torch.arange(len(batch)).repeat_interleave(n)
-            if n > 1:
-                cache = _take_rows(cache, rows, cache.layers[0].room)
-                mask, next_pos, logits = mask[rows], next_pos[rows], logits[rows]
-        else:
-            cache, mask, next_pos, logits = self._prefill([prompts[i] for i in batch for _ in range(n)],
-                                                          max_new_tokens)
-        seqs = [s for i in batch for s in results[i]]
-        live = list(range(len(seqs)))  # rows of the cache that still generate (all rows when not retiring)
-        pending = {i: n for i in batch}  # unfinished samples per prompt
-        done = [False] * len(seqs)
+            cache = _take_rows(cache, rows, cache.layers[0].room)
+            mask, next_pos, logits = mask[rows], next_pos[rows], logits[rows]
+        return cache, mask, next_pos, logits
+
+    @staticmethod
+    def _merge(running, new, max_new_tokens: int):
+        """One batch of `running`'s rows then `new`'s, each row compacted (see "Cache layout" above). Layers are
+        merged one at a time, so the copy holds at most one extra layer in memory."""
+        import torch
+
+        cache, mask, next_pos, logits = running
+        new_cache, new_mask, new_pos, new_logits = new
+        width = int(max(mask.sum(1).max(), new_mask.sum(1).max()))
+        mine, theirs = _compaction(mask, width), _compaction(new_mask, width)
+        for k in range(len(cache.layers)):
+            cache.layers[k] = cache.layers[k].merged(new_cache.layers[k], mine, theirs, width + max_new_tokens)
+            new_cache.layers[k] = None
+        lengths = torch.cat([mask.sum(1), new_mask.sum(1)])
+        merged = (torch.arange(width) >= width - lengths[:, None]).to(mask.dtype)
+        return cache, merged, torch.cat([next_pos, new_pos]), torch.cat([logits, new_logits])
+
+    def _run(self, queue, prompts, results, n, max_new_tokens, warper, stop_check, on_step) -> None:
+        """Generates for the prompts of `queue` in order, at most `batch_size` prompts (x n rows) at a time."""
+        import torch
+
+        capacity = self.batch_size * n
+        refill_rows = max(n, int(capacity * self.refill_at))
+        seqs: list[Sequence] = []  # the sequence of each cache row
+        done: list[bool] = []  # rows that finished (they stay in the cache only when not retiring)
+        pending: dict[int, int] = {}  # unfinished samples per prompt
+        state = None  # (cache, mask, next positions, last logits) of the rows in `seqs`
+        taken = 0
         while True:
-            picked = self._pick(logits, [seqs[r] for r in live], warper)
+            free = capacity - len(seqs)
+            if taken < len(queue) and (not seqs or (self.refill and self.retire and free >= refill_rows)):
+                batch = queue[taken : taken + free // n]
+                taken += len(batch)
+                new = self._start(batch, prompts, n, max_new_tokens)
+                state = self._merge(state, new, max_new_tokens) if seqs else new
+                seqs += [s for i in batch for s in results[i]]
+                done += [False] * (len(batch) * n)
+                pending.update({i: n for i in batch})
+            cache, mask, next_pos, logits = state
+            picked = self._pick(logits, seqs, warper)
             new_tokens, finished_prompts = 0, 0
-            for r, t in zip(live, picked):
+            for r, (s, t) in enumerate(zip(seqs, picked)):
                 if done[r]:
                     continue
-                s = seqs[r]
                 if t in self.stop_ids:
                     s.stopped = True
                 else:
@@ -414,19 +500,22 @@ class Engine:
                     finished_prompts += pending[s.prompt] == 0
             if on_step is not None:
                 on_step(new_tokens, finished_prompts)
-            keep = [k for k, r in enumerate(live) if not done[r]]
+            keep = [r for r in range(len(seqs)) if not done[r]]
             if not keep:
-                return
-            if self.retire and len(keep) < len(live):
+                if taken == len(queue):
+                    return
+                seqs, done, state = [], [], None  # the cache is empty: the next batch starts afresh
+                continue
+            if self.retire and len(keep) < len(seqs):
                 order = _fill_holes(keep)
                 for layer in cache.layers:
                     layer.keep_rows(order)
                 index = torch.tensor(order)
                 mask, next_pos = mask[index], next_pos[index]
-                live = [live[k] for k in order]
-                picked = [picked[k] for k in order]
+                seqs, done, picked = [seqs[k] for k in order], [False] * len(order), [picked[k] for k in order]
             # Rows kept after finishing (retire=False) are fed padding, like model.generate does.
-            ids = torch.tensor([[self.pad_id if done[r] else t] for r, t in zip(live, picked)])
-            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype)], dim=1)
+            ids = torch.tensor([[self.pad_id if d else t] for d, t in zip(done, picked)])
+            mask = torch.cat([mask, torch.ones((len(seqs), 1), dtype=mask.dtype)], dim=1)
             logits = self._forward(ids, mask, next_pos[:, None], cache)
             next_pos = next_pos + 1
+            state = (cache, mask, next_pos, logits)
