@@ -192,6 +192,39 @@ def test_run_generate_filters_retries_and_exports(tmp_path):
     assert stats["tokens_generated"] == sum(c["num_tokens"] for c in cands)
 
 
+class BatchJudge(FakeJudge):
+    """FakeJudge with `judge_batch`; `batch_fails` makes every batch call raise."""
+
+    def __init__(self, batch_fails=False):
+        super().__init__()
+        self.batches, self.batch_fails = [], batch_fails
+
+    def judge_batch(self, pairs):
+        self.batches.append(len(pairs))
+        if self.batch_fails:
+            raise RuntimeError("batch endpoint down")
+        # One crashing answer fails the whole batch, like a real batch judge; the wrapper then goes one at a time.
+        verdicts = [FakeJudge.judge(self, p, r) for p, r in pairs]
+        self.calls -= len(pairs)
+        return verdicts
+
+
+@pytest.mark.parametrize("batch_fails", [False, True])
+def test_answers_are_judged_in_one_batch_per_chunk(tmp_path, batch_fails):
+    ref = run_generate(cfg_for(tmp_path, out=str(tmp_path / "ref")), generator=FakeGenerator(), judge=FakeJudge(),
+                       progress=False).parent
+    judge = BatchJudge(batch_fails)
+    out = run_generate(cfg_for(tmp_path, out=str(tmp_path / "b")), generator=FakeGenerator(), judge=judge,
+                       progress=False).parent
+    assert _snapshot(out) == _snapshot(ref)  # same candidates, verdicts and records either way
+    chunks = len(read_jsonl(out / "candidates.jsonl"))
+    assert judge.batches and sum(judge.batches) >= chunks // 2
+    if batch_fails:
+        assert judge.calls > 0  # one at a time after the failed batch: each BOOM answer is recorded as unjudged
+    else:
+        assert judge.calls == 0  # every verdict came from the batch
+
+
 def _snapshot(out):
     strip = lambda rows: [{k: v for k, v in r.items()} for r in rows]  # noqa: E731
     return (strip(read_jsonl(out / "candidates.jsonl")), read_jsonl(out / "sft.jsonl"),

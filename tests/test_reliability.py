@@ -334,6 +334,44 @@ def test_converted_model_folder_is_checked_and_reconverted(tmp_path, monkeypatch
     assert len(converted) == 2 and models.folder_intact(folder)
 
 
+def test_bfloat16_loads_of_a_converted_model_use_a_bfloat16_copy(tmp_path, monkeypatch, tiny_path):
+    import shutil
+
+    import torch
+    from safetensors import safe_open
+
+    folder = tmp_path / "m" / "hf"
+    shutil.copytree(tiny_path, folder)
+    models._write_manifest(folder)  # a folder convert_gguf wrote: float32, with its manifest
+    resolved = models.ResolvedModel("some-registry-model", str(folder), "registry", "m")
+    saves = []
+    save = models.bf16_copy
+
+    def spy(f):
+        saves.append(models.folder_intact(f.with_name(f.name + "-bfloat16")))
+        return save(f)
+
+    monkeypatch.setattr(models, "bf16_copy", spy)
+    fast = models.load_model(resolved, dtype="bfloat16", device="cpu")
+    copy = folder.with_name("hf-bfloat16")
+    assert models.folder_intact(copy) and saves == [False]
+    with safe_open(str(copy / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}  # noqa: SIM118 (not a dict)
+    assert (copy / "model.safetensors").stat().st_size < 0.6 * (folder / "model.safetensors").stat().st_size
+    cast = transformers_load(folder, torch.bfloat16)  # what loading the float32 folder as bfloat16 gives
+    assert all(torch.equal(a, b) for a, b in zip(fast.state_dict().values(), cast.state_dict().values()))
+    models.load_model(resolved, dtype="bfloat16", device="cpu")
+    assert saves == [False, True]  # made once, then reused
+    assert models.load_model(resolved, dtype="float32", device="cpu").dtype == torch.float32  # float32: the original
+    assert len(saves) == 2
+
+
+def transformers_load(folder, dtype):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+
+
 def test_a_modified_gguf_with_the_same_size_and_mtime_fails_verification(tmp_path):
     path = tmp_path / "m.gguf"
     path.write_bytes(b"GGUF" + b"\x00" * 100)
