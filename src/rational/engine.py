@@ -119,20 +119,14 @@ def _reserved_layer():
             takes the columns `mine[r]` (`theirs[r]`) of its old row, in that order (see `_compaction`)."""
             import torch
 
+            def gather(layer, buf, index):
+                return torch.take_along_dim(buf[:, :, : layer.length], index[:, None, :, None], dim=2)
+
+            keys = torch.cat([gather(self, self.k_buf, mine), gather(other, other.k_buf, theirs)])
+            values = torch.cat([gather(self, self.v_buf, mine), gather(other, other.v_buf, theirs)])
             new = ReservedLayer(room)
-            parts = [(self, mine), (other, theirs)]
-            b, h, _, d = self.k_buf.shape
-            width = mine.shape[1]
-            new.k_buf = self.k_buf.new_empty(b + other.k_buf.shape[0], h, room, d)
-            new.v_buf = self.v_buf.new_empty(b + other.v_buf.shape[0], h, room, d)
-            lo = 0
-            for layer, index in parts:
-                rows, index = slice(lo, lo + len(index)), index[:, None, :, None]
-                new.k_buf[rows, :, :width] = torch.take_along_dim(layer.k_buf[:, :, : layer.length], index, dim=2)
-                new.v_buf[rows, :, :width] = torch.take_along_dim(layer.v_buf[:, :, : layer.length], index, dim=2)
-                lo = rows.stop
-            new.is_initialized, new.length = True, width
-            new.keys, new.values = new.k_buf[:, :, :width], new.v_buf[:, :, :width]
+            new.lazy_initialization(keys[:, :, :0], values[:, :, :0])
+            new.update(keys, values)
             return new
 
         def take_rows(self, index: torch.Tensor, room: int) -> ReservedLayer:

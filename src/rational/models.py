@@ -310,11 +310,17 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     if getattr(fresh.config, "tie_word_embeddings", False):
         fresh.tie_weights()
     fresh.generation_config = loaded.generation_config
+    return _write_folder(out_dir, fresh, tokenizer)
+
+
+def _write_folder(out_dir: Path, *savables) -> Path:
+    """`save_pretrained` of each object into a temporary folder beside `out_dir`, a checksum manifest, then one
+    rename: a killed process never leaves a half-written folder that passes as intact."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".convert-"))
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:
-        fresh.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        for obj in savables:
+            obj.save_pretrained(tmp)
         _write_manifest(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -528,18 +534,7 @@ def bf16_copy(folder: Path) -> Path:
     if folder_intact(out):
         return out
     quiet_transformers()
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".bf16-"))
-    try:
-        model.save_pretrained(tmp)
-        _write_manifest(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return _write_folder(out, AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16))
 
 
 def _converted_float32(resolved: ResolvedModel) -> bool:
