@@ -242,6 +242,25 @@ def test_refilling_free_rows_changes_no_output(chaotic, monkeypatch, n, temperat
         assert outs[True] == _rows(slow.generate(MIXED, SamplingParams(max_new_tokens=24), progress=False))
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_answer_limit_stops_rows_early_and_cuts_to_the_same_text(chaotic, temperature):
+    # The fast engine stops a row once its answer passes answer_max_tokens; cut to the limit, every row reads as
+    # the full generation cut afterwards (what any other backend gives), with fewer tokens decoded.
+    from rational.reasoning import answer_tokens, cut_answer
+
+    model, tok, extra_stop = chaotic
+    gen = HFGenerator(model, tok, batch_size=3)
+    gen.eos_ids = gen.eos_ids + extra_stop
+    params = SamplingParams(max_new_tokens=24, temperature=temperature, top_p=0.9, seed=3)
+    full = _flat(gen.generate(MIXED, params, progress=False))
+    capped = _flat(gen.generate(MIXED, SamplingParams(**{**params.to_dict(), "answer_max_tokens": 6}),
+                                progress=False))
+    assert [cut_answer(c.text, 6, tok)[0] for c in capped] == [cut_answer(c.text, 6, tok)[0] for c in full]
+    assert all(c.num_tokens <= f.num_tokens for c, f in zip(capped, full))
+    stopped = [c for c, f in zip(capped, full) if c.num_tokens < f.num_tokens]
+    assert len(stopped) >= 3 and all(len(answer_tokens(c.text, tok)) >= 6 for c in stopped)
+
+
 def test_sliding_window_models_fall_back_to_generate(chaotic):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

@@ -236,3 +236,47 @@ def test_headline_under_the_main_judge_with_the_keyword_judge_beside(tmp_path, m
     assert s["headline_keyword"]["judge"] == "refusal-keywords" and s["headline_keyword"]["k"] == 1  # h2 answered
     got = {(r["judge"], r["keyword"]): r["k"] for r in headline_rows([out])}
     assert got == {("stub-refusal", False): 0, ("refusal-keywords", True): 1}
+
+
+def test_answer_limit_cuts_judged_answers_only(tmp_path, tiny_path):
+    # Judged answers are cut where the judges stop reading; rows scored against a reference are generated in
+    # their own call, uncut, so exact match still sees the last line.
+    from rational.models import load_tokenizer, resolve
+    from rational.reasoning import answer_tokens
+
+    words = " ".join(f"step{i}" for i in range(30))
+
+    class Long(ScriptedModel):
+        tokenizer = load_tokenizer(resolve(tiny_path))
+
+        def __init__(self):
+            super().__init__()
+            self.limits = []
+
+        def generate(self, chats, params, progress=True, desc=""):
+            self.limits.append((len(chats), params.answer_max_tokens))
+            outs = super().generate(chats, params, progress, desc)
+            for o, chat in zip(outs, chats):
+                p = chat[0]["content"]
+                answer = f"{words} so the answer is {'42' if '40' in p else '54'}."
+                o.completions[0] = Completion(o.text.replace("Sure! The answer is 42.", answer), 50, "stop")
+            return outs
+
+    model = Long()
+    cfg = EvalConfig(model="scripted", suites=[], prompts=_prompts(tmp_path), out=str(tmp_path / "e"),
+                     answer_max_new_tokens=8)
+    out = run_eval(cfg, generator=model, progress=False)
+    assert model.limits == [(5, 8), (2, None)]
+    rows = {r["record_id"]: r for r in data.read_jsonl(out / "generations.jsonl")}
+    for rid in ("h1", "h2", "a1", "a2", "b1"):
+        r = rows[rid]
+        assert len(answer_tokens(r["output"], model.tokenizer)) <= 8 and r["answer_max_new_tokens"] == 8
+    assert rows["b1"]["finish_reason"] == "length" and rows["b1"]["answer"].startswith("step0")
+    assert rows["h1"]["finish_reason"] == "stop"  # "I can't help with that." is 7 tokens
+    assert rows["b1"]["reasoning"].startswith("Intent: fine")  # the reasoning is never cut
+    assert rows["m1"]["correct"] and rows["m2"]["correct"] and rows["m1"]["answer_max_new_tokens"] is None
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["generation"]["answer_max_new_tokens"] == 8 and m["generation"]["answers_cut"] == 3  # h2, a2, b1
+    with pytest.raises(UserError, match="answer_max_new_tokens needs a backend with a local tokenizer"):
+        run_eval(EvalConfig(model="scripted", suites=[], prompts=_prompts(tmp_path), out=str(tmp_path / "f"),
+                            answer_max_new_tokens=6), generator=ScriptedModel(), progress=False)

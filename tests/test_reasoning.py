@@ -90,3 +90,23 @@ def test_split_reasoning_is_lossless():
     fmt = ReasoningFormat("<reasoning>", "</reasoning>")
     assert split_reasoning("<reasoning>R</reasoning>A", fmt) == ("R", "A")
     assert split_reasoning("<think>R</think>A", fmt) == (None, "<think>R</think>A")
+
+
+def test_cut_answer_keeps_the_reasoning_and_cuts_only_the_answer(tiny_path):
+    from rational.models import load_tokenizer, resolve
+    from rational.reasoning import answer_start, answer_tokens, cut_answer
+
+    tok = load_tokenizer(resolve(tiny_path))
+    words = " ".join(f"word{i}" for i in range(40))
+    reasoned = f"<think>\nIntent: {words}\nDecision: comply\n</think>\n\n{words}"
+    assert answer_start("<think>\nIntent: still thinking") is None  # no answer yet: nothing to count or cut
+    assert answer_tokens("<think>\nIntent: still thinking", tok) == []
+    assert answer_start("plain answer") == 0 and answer_start(reasoned) == reasoned.index("</think>") + 8
+    cut, was_cut = cut_answer(reasoned, 5, tok)
+    assert was_cut and parse_output(cut).reasoning == parse_output(reasoned).reasoning
+    assert answer_tokens(cut, tok) == answer_tokens(reasoned, tok)[:5]
+    assert reasoned.startswith(cut) and parse_output(cut).status == "ok"
+    plain, was_cut = cut_answer(words, 5, tok)
+    assert was_cut and tok(plain, add_special_tokens=False)["input_ids"] == answer_tokens(words, tok)[:5]
+    assert cut_answer("short", 5, tok) == ("short", False)
+    assert cut_answer("<think>\nIntent: " + words, 5, tok) == ("<think>\nIntent: " + words, False)  # unclosed

@@ -37,7 +37,7 @@ from .models import (
     resolve,
     stop_token_ids,
 )
-from .reasoning import DEFAULT_FORMAT, ReasoningFormat, join_reasoning
+from .reasoning import DEFAULT_FORMAT, ReasoningFormat, answer_tokens, join_reasoning
 
 Chat = list[dict[str, str]]
 BACKENDS = ("auto", "hf", "llamacpp", "vllm", "openai", "scripted")
@@ -54,6 +54,11 @@ class SamplingParams:
     n: int = 1
     seed: int = 0
     stop: list[str] = field(default_factory=list)
+    # Stop a sequence once its answer (the text after the reasoning block, or all of it when there is none) has
+    # this many tokens: an evaluation's judges read no further. Only the HF fast engine stops early; callers cut
+    # every backend's answers to the same length (`reasoning.cut_answer`), so the texts agree.
+    answer_max_tokens: int | None = None
+    reasoning_tags: tuple[str, str] = (DEFAULT_FORMAT.open_tag, DEFAULT_FORMAT.close_tag)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,14 +196,24 @@ class HFGenerator:
 
     def _generate_fast(self, encoded: list[list[int]], params: SamplingParams, report) -> list[GenerationOutput]:
         engine = Engine(self.model, self.eos_ids, self.tokenizer.pad_token_id, self.batch_size, **self.engine_options)
-        stop_check = None
+        checks = []
         if params.stop:  # stop as soon as a stop string shows up in the text, not only at EOS / the length limit
-            def stop_check(tokens: list[int]) -> bool:
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-                return any(s in text for s in params.stop)
+            checks.append(lambda text, tokens: any(s in text for s in params.stop))
+        if params.answer_max_tokens:
+            fmt, limit = ReasoningFormat(*params.reasoning_tags), params.answer_max_tokens
+            # One token past the limit, so the cut's last token is not a merge at the stop (re-tokenising a prefix
+            # can merge its last characters differently). The answer cannot be longer than the whole output:
+            # shorter rows skip the decoding.
+            checks.append(lambda text, tokens: len(tokens) >= limit
+                          and len(answer_tokens(text, self.tokenizer, fmt)) > limit)
+
+        def stop_check(tokens: list[int]) -> bool:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            return any(check(text, tokens) for check in checks)
 
         seqs = engine.generate(encoded, max(1, params.n), params.max_new_tokens, temperature=params.temperature,
-                               top_p=params.top_p, seed=params.seed, stop_check=stop_check, on_step=report)
+                               top_p=params.top_p, seed=params.seed, stop_check=stop_check if checks else None,
+                               on_step=report)
         return [GenerationOutput([self._completion(s.tokens, s.stopped, params) for s in row]) for row in seqs]
 
     def _generate_hf(self, encoded: list[list[int]], params: SamplingParams, report) -> list[GenerationOutput]:

@@ -49,7 +49,7 @@ from .judges import (
 )
 from .models import DEFAULT_MODEL, resolve
 from .prompts import KINDS, PromptRecord, load_pool, load_templates, normalise, read_records
-from .reasoning import ReasoningFormat, extract_decision, parse_output
+from .reasoning import ReasoningFormat, answer_tokens, cut_answer, extract_decision, parse_output
 from .stats import mean_stat, proportion
 
 SUITES = ("harmful", "jailbreak", "over-refusal", "capability", "reasoning", "smoke")
@@ -89,6 +89,10 @@ class EvalConfig:
     out: str = setting("runs/eval", "Output folder (resumes if it holds the same evaluation).")
     max_new_tokens: int | None = setting(None, "Token limit per answer (default 512; 32 for --suites smoke alone).",
                                          same_on_resume=True)
+    answer_max_new_tokens: int | None = setting(None, "Cut judged answers (the text after the reasoning) to this many "
+                                                "tokens, where the judges stop reading; the hf engine stops there. "
+                                                "Rows scored against a reference answer are never cut.",
+                                                same_on_resume=True)
     temperature: float = setting(0.0, "Sampling temperature; 0 = greedy (default).", same_on_resume=True)
     top_p: float = setting(1.0, "Nucleus sampling mass (only with temperature > 0).", same_on_resume=True)
     batch_size: int = setting(8, "Generation batch size.")
@@ -117,6 +121,7 @@ class EvalConfig:
         check_range(self, "batch_size", 1)
         check_range(self, "jailbreak_bases", 1)
         check_range(self, "max_new_tokens", 1, allow=(None,))
+        check_range(self, "answer_max_new_tokens", 1, allow=(None,))
         check_range(self, "max_prompt_tokens", 1, allow=(None,))
         check_range(self, "temperature", 0)
         check_range(self, "top_p", 0, 1, lo_open=True)
@@ -521,6 +526,9 @@ def compute_metrics(cfg: EvalConfig, rows: list[dict], panel: JudgePanel, extra:
         "model": cfg.model, "adapter": cfg.adapter, "backend": cfg.backend,
         # Read from the rows: what every answer was actually generated with (one value unless an old folder mixed).
         "generation": {"max_new_tokens": _one_or_all(r.get("max_new_tokens", cfg.max_new_tokens) for r in rows),
+                       "answer_max_new_tokens": cfg.answer_max_new_tokens,
+                       "answers_cut": sum(bool(r.get("answer_max_new_tokens")) and r.get("finish_reason") == "length"
+                                          for r in rows),
                        "prompts_truncated": sum(bool(r.get("prompt_truncated")) for r in rows),
                        "temperature": cfg.temperature,
                        "top_p": cfg.top_p, "seed": cfg.seed, "system_prompt": None,
@@ -650,39 +658,59 @@ def _prepare_out(cfg: EvalConfig, out: Path) -> None:
 
 def _generate_rows(cfg: EvalConfig, generator, panel: JudgePanel, fmt: ReasoningFormat, todo: list[dict],
                    done: dict[str, dict], gen_path: Path, progress: bool) -> None:
-    """Generate and judge the missing rows, appending each chunk to generations.jsonl (flushed, fsynced)."""
+    """Generate and judge the missing rows, appending each chunk to generations.jsonl (flushed, fsynced).
+
+    With answer_max_new_tokens, judged rows and rows scored against a reference answer (capability) are generated
+    in separate calls: only judged answers are cut (`reasoning.cut_answer`), since exact match needs the last line.
+    """
+    limit = cfg.answer_max_new_tokens
+    tokenizer = getattr(generator, "tokenizer", None)
+    if limit and tokenizer is None:
+        raise UserError(f"answer_max_new_tokens needs a backend with a local tokenizer (hf, vllm, llamacpp), not "
+                        f"{cfg.backend}; unset eval.answer_max_new_tokens")
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                            seed=cfg.seed)
+                            seed=cfg.seed, answer_max_tokens=limit,
+                            reasoning_tags=(fmt.open_tag, fmt.close_tag))
+    uncut = dataclasses.replace(params, answer_max_tokens=None)
     # Trained without a system prompt, so evaluated without one too.
     chats = {it["id"]: [{"role": "user", "content": it["prompt"]}] for it in todo}
     truncated = _fit_context(cfg, generator, todo, chats)
-    chunk = max(cfg.batch_size * 4, 8)
+    groups = [todo] if not limit else [[it for it in todo if it["reference"] is None],
+                                       [it for it in todo if it["reference"] is not None]]
+    chunk, started = max(cfg.batch_size * 4, 8), 0
     with gen_path.open("a", encoding="utf-8") as f:
-        for lo in range(0, len(todo), chunk):
-            batch = todo[lo : lo + chunk]
-            start = time.perf_counter()
-            outs = generator.generate([chats[it["id"]] for it in batch], params, progress=progress,
-                                      desc=f"eval {lo + len(batch)}/{len(todo)}")
-            gen_s = (time.perf_counter() - start) / len(batch)
-            parsed = [parse_output(o.text, fmt) for o in outs]
-            start = time.perf_counter()
-            verdicts = panel.run(batch, [p.answer for p in parsed])
-            judge_s = (time.perf_counter() - start) / len(batch)
-            written = []
-            for it, o, p, v in zip(batch, outs, parsed, verdicts):
-                c = o.completions[0]
-                row = {**it, "output": c.text, "reasoning": p.reasoning, "answer": p.answer,
-                       "parse_status": p.status, "decision": extract_decision(p.reasoning),
-                       "finish_reason": c.finish_reason, "num_tokens": c.num_tokens,
-                       "max_new_tokens": cfg.max_new_tokens, "prompt_truncated": it["id"] in truncated,
-                       "correct": exact_match(p.answer, it["reference"]) if it["reference"] is not None else None,
-                       "verdicts": v, "seconds": {"generate": round(gen_s, 4), "judge": round(judge_s, 4)}}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                done[it["id"]] = row
-                written.append(row)
-            f.flush()
-            os.fsync(f.fileno())
-            panel.check_systematic_failure(written)
+        for group in groups:
+            for lo in range(0, len(group), chunk):
+                batch = group[lo : lo + chunk]
+                cut = limit if batch[0]["reference"] is None else None
+                start = time.perf_counter()
+                outs = generator.generate([chats[it["id"]] for it in batch], params if cut else uncut,
+                                          progress=progress, desc=f"eval {started + len(batch)}/{len(todo)}")
+                started += len(batch)
+                gen_s = (time.perf_counter() - start) / len(batch)
+                comps = [o.completions[0] for o in outs]
+                texts = [(c.text, False) if not cut else cut_answer(c.text, cut, tokenizer, fmt) for c in comps]
+                parsed = [parse_output(text, fmt) for text, _ in texts]
+                start = time.perf_counter()
+                verdicts = panel.run(batch, [p.answer for p in parsed])
+                judge_s = (time.perf_counter() - start) / len(batch)
+                written = []
+                for it, c, (text, was_cut), p, v in zip(batch, comps, texts, parsed, verdicts):
+                    # A cut answer (or one the engine stopped at the limit) ended by a length limit.
+                    capped = was_cut or bool(cut and len(answer_tokens(text, tokenizer, fmt)) >= cut)
+                    row = {**it, "output": text, "reasoning": p.reasoning, "answer": p.answer,
+                           "parse_status": p.status, "decision": extract_decision(p.reasoning),
+                           "finish_reason": "length" if capped else c.finish_reason, "num_tokens": c.num_tokens,
+                           "max_new_tokens": cfg.max_new_tokens, "answer_max_new_tokens": cut,
+                           "prompt_truncated": it["id"] in truncated,
+                           "correct": exact_match(p.answer, it["reference"]) if it["reference"] is not None else None,
+                           "verdicts": v, "seconds": {"generate": round(gen_s, 4), "judge": round(judge_s, 4)}}
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    done[it["id"]] = row
+                    written.append(row)
+                f.flush()
+                os.fsync(f.fileno())
+                panel.check_systematic_failure(written)
 
 
 def _fit_context(cfg: EvalConfig, generator, items: list[dict], chats: dict[str, list[dict]]) -> set[str]:

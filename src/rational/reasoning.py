@@ -12,10 +12,10 @@ An assistant turn that reasons looks like this (tags configurable)::
     I can't help with that, but ...
 
 This module is the only place that knows the layout. Everything else calls `format_output`,
-`parse_output`, `extract_decision`, and `split_reasoning` / `join_reasoning` (the served model's
-`reasoning_content` field and its inverse). Parsing never raises: a malformed text comes back with a
-`status` that says what is wrong, so a generator that ran out of tokens mid-reasoning is counted,
-not crashed on.
+`parse_output`, `extract_decision`, `split_reasoning` / `join_reasoning` (the served model's
+`reasoning_content` field and its inverse) and `cut_answer` (an answer cut to what the judges read).
+Parsing never raises: a malformed text comes back with a `status` that says what is wrong, so a
+generator that ran out of tokens mid-reasoning is counted, not crashed on.
 """
 
 from __future__ import annotations
@@ -142,6 +142,35 @@ def join_reasoning(reasoning: str | None, content: str | None, fmt: ReasoningFor
     if reasoning is None:
         return content or ""
     return fmt.open_tag + reasoning + ("" if content is None else fmt.close_tag + content)
+
+
+def answer_start(text: str, fmt: ReasoningFormat = DEFAULT_FORMAT) -> int | None:
+    """Where the answer `parse_output` would return begins in `text` (also a partial output, while it is being
+    generated): after the first close tag; 0 when there is no reasoning block; None while a block is open."""
+    close = text.find(fmt.close_tag)
+    if close != -1:
+        return close + len(fmt.close_tag)
+    return None if fmt.open_tag in text else 0
+
+
+def answer_tokens(text: str, tokenizer, fmt: ReasoningFormat = DEFAULT_FORMAT) -> list[int]:
+    """The answer's token ids (leading whitespace dropped, as `parse_output` does); [] while reasoning."""
+    start = answer_start(text, fmt)
+    if start is None:
+        return []
+    return tokenizer(text[start:].lstrip(), add_special_tokens=False)["input_ids"]
+
+
+def cut_answer(text: str, max_tokens: int, tokenizer, fmt: ReasoningFormat = DEFAULT_FORMAT) -> tuple[str, bool]:
+    """`text` with its answer cut to the answer's first `max_tokens` tokens, and whether anything was cut. The
+    reasoning before the answer is kept whole. Evaluations cut answers where their judges stop reading."""
+    ids = answer_tokens(text, tokenizer, fmt)
+    if len(ids) <= max_tokens:
+        return text, False
+    start = answer_start(text, fmt)
+    answer = text[start:]
+    lead = answer[: len(answer) - len(answer.lstrip())]
+    return text[:start] + lead + tokenizer.decode(ids[:max_tokens]), True
 
 
 def final_answer(text: str, fmt: ReasoningFormat = DEFAULT_FORMAT) -> str:

@@ -440,7 +440,10 @@ def build_report(dirs: list[str | Path], out_html: str | Path, names: list[str] 
         g = m.get("generation", {})
         parts.append(f"<li><b>{esc(n)}</b>: model <code>{esc(str(m.get('model')))}</code>, adapter "
                      f"<code>{esc(str(m.get('adapter')))}</code>, {m.get('n_prompts', '?')} prompts, "
-                     f"max_new_tokens={g.get('max_new_tokens')}, temperature={g.get('temperature')}, "
+                     f"max_new_tokens={g.get('max_new_tokens')}"
+                     + (f" (judged answers cut at {g['answer_max_new_tokens']} tokens)"
+                        if g.get("answer_max_new_tokens") else "")
+                     + f", temperature={g.get('temperature')}, "
                      f"excluded as training data: {m.get('excluded', {}).get('total', 0)}</li>")
     parts.append("</ul><p class='meta'>Every rate is k/n with a 95% Wilson interval; means carry a 95% bootstrap "
                  "interval. The judge column names the judge behind each number; unjudged items are left out of "
