@@ -14,9 +14,21 @@ def _run(out):
         assert e.code in (0, None), e.code
 
 
-def test_smoke_preset_end_to_end_and_skip_on_rerun(tmp_path, capsys):
+def test_smoke_preset_end_to_end_and_skip_on_rerun(tmp_path, capsys, monkeypatch):
+    from rational import eval as evaluation
+
+    loads = []
+    real_load = evaluation.load_generator
+
+    def spy(*args, **kwargs):
+        loads.append((kwargs.get("adapter"), kwargs.get("batch_size")))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "load_generator", spy)
     out = tmp_path / "smoke"
     _run(out)
+    # Every evaluation, the base model's too, generates with the eval section's batch size (16 in smoke.yaml).
+    assert len(loads) == 6 and {b for _, b in loads} == {16} and (None, 16) in loads
     for stage in ("data", "generate", "train-rational", "train-refusal-sft", "eval-base", "eval-refusal-sft",
                   "eval-rational", "report"):
         assert (out / stage / ".done.json").is_file(), stage

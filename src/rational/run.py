@@ -348,18 +348,14 @@ def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
 
     if "pairs" in stages:
         runner.run("pairs", do_pairs, pairs_cfg)
-    free_base_generator()  # eval-base loads it again (seconds)
+    free_base_generator()  # ~1 GB less under training; every eval loads its own model with the eval's batch size
     for name in models:  # a DPO model after the SFT model it starts from
         runner.run(f"train-{name}", lambda d, c=train_cfgs[name]: run_train(c), train_cfgs[name])
 
     eval_dirs = []
     for name, ecfg in eval_cfgs.items():
-        # The base model's eval reuses the generator already loaded for data and generate.
-        runner.run(f"eval-{name}", lambda d, c=ecfg: run_eval(
-            c, generator=base_generator() if c.adapter is None else None), ecfg)
+        runner.run(f"eval-{name}", lambda d, c=ecfg: run_eval(c), ecfg)
         eval_dirs.append(run_dir / f"eval-{name}")
-        if ecfg.adapter is None:  # nothing after eval-base uses it
-            free_base_generator()
 
     runner.run("report", lambda d: {"html": str(report.build_report(eval_dirs, d / "report.html"))})
     if rt_cfg.rounds:
