@@ -667,7 +667,7 @@ def _generate_rows(cfg: EvalConfig, generator, panel: JudgePanel, fmt: Reasoning
     tokenizer = getattr(generator, "tokenizer", None)
     if limit and tokenizer is None:
         raise UserError(f"answer_max_new_tokens needs a backend with a local tokenizer (hf, vllm, llamacpp), not "
-                        f"{cfg.backend}; unset eval.answer_max_new_tokens")
+                        f"{cfg.backend}; drop --answer-max-new-tokens (recipe: eval.answer_max_new_tokens)")
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             seed=cfg.seed, answer_max_tokens=limit,
                             reasoning_tags=(fmt.open_tag, fmt.close_tag))
