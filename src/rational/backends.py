@@ -196,23 +196,23 @@ class HFGenerator:
 
     def _generate_fast(self, encoded: list[list[int]], params: SamplingParams, report) -> list[GenerationOutput]:
         engine = Engine(self.model, self.eos_ids, self.tokenizer.pad_token_id, self.batch_size, **self.engine_options)
-        checks = []
-        if params.stop:  # stop as soon as a stop string shows up in the text, not only at EOS / the length limit
-            checks.append(lambda text, tokens: any(s in text for s in params.stop))
-        if params.answer_max_tokens:
-            fmt, limit = ReasoningFormat(*params.reasoning_tags), params.answer_max_tokens
-            # One token past the limit, so the cut's last token is not a merge at the stop (re-tokenising a prefix
-            # can merge its last characters differently). The answer cannot be longer than the whole output:
-            # shorter rows skip the decoding.
-            checks.append(lambda text, tokens: len(tokens) >= limit
-                          and len(answer_tokens(text, self.tokenizer, fmt)) > limit)
+        stops, limit = params.stop, params.answer_max_tokens
+        fmt = ReasoningFormat(*params.reasoning_tags)
 
         def stop_check(tokens: list[int]) -> bool:
+            # Stop strings: stop as soon as one shows up in the text, not only at EOS / the length limit. Answer
+            # limit: stop one token past it, so the cut's last token is not a merge at the stop (re-tokenising a
+            # prefix can merge its last characters differently). An answer is never longer than the whole output,
+            # so shorter rows are not decoded at all.
+            long_enough = bool(limit) and len(tokens) >= limit
+            if not stops and not long_enough:
+                return False
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            return any(check(text, tokens) for check in checks)
+            return any(s in text for s in stops) or (long_enough
+                                                     and len(answer_tokens(text, self.tokenizer, fmt)) > limit)
 
         seqs = engine.generate(encoded, max(1, params.n), params.max_new_tokens, temperature=params.temperature,
-                               top_p=params.top_p, seed=params.seed, stop_check=stop_check if checks else None,
+                               top_p=params.top_p, seed=params.seed, stop_check=stop_check if stops or limit else None,
                                on_step=report)
         return [GenerationOutput([self._completion(s.tokens, s.stopped, params) for s in row]) for row in seqs]
 

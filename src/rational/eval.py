@@ -49,7 +49,7 @@ from .judges import (
 )
 from .models import DEFAULT_MODEL, resolve
 from .prompts import KINDS, PromptRecord, load_pool, load_templates, normalise, read_records
-from .reasoning import ReasoningFormat, answer_tokens, cut_answer, extract_decision, parse_output
+from .reasoning import ReasoningFormat, cut_answer, extract_decision, parse_output
 from .stats import mean_stat, proportion
 
 SUITES = ("harmful", "jailbreak", "over-refusal", "capability", "reasoning", "smoke")
@@ -527,8 +527,7 @@ def compute_metrics(cfg: EvalConfig, rows: list[dict], panel: JudgePanel, extra:
         # Read from the rows: what every answer was actually generated with (one value unless an old folder mixed).
         "generation": {"max_new_tokens": _one_or_all(r.get("max_new_tokens", cfg.max_new_tokens) for r in rows),
                        "answer_max_new_tokens": cfg.answer_max_new_tokens,
-                       "answers_cut": sum(bool(r.get("answer_max_new_tokens")) and r.get("finish_reason") == "length"
-                                          for r in rows),
+                       "answers_cut": sum(bool(r.get("answer_cut")) for r in rows),
                        "prompts_truncated": sum(bool(r.get("prompt_truncated")) for r in rows),
                        "temperature": cfg.temperature,
                        "top_p": cfg.top_p, "seed": cfg.seed, "system_prompt": None,
@@ -696,12 +695,11 @@ def _generate_rows(cfg: EvalConfig, generator, panel: JudgePanel, fmt: Reasoning
                 judge_s = (time.perf_counter() - start) / len(batch)
                 written = []
                 for it, c, (text, was_cut), p, v in zip(batch, comps, texts, parsed, verdicts):
-                    # A cut answer (or one the engine stopped at the limit) ended by a length limit.
-                    capped = was_cut or bool(cut and len(answer_tokens(text, tokenizer, fmt)) >= cut)
+                    # The hf engine stops a row one token past the limit, so its answers are always cut too.
                     row = {**it, "output": text, "reasoning": p.reasoning, "answer": p.answer,
                            "parse_status": p.status, "decision": extract_decision(p.reasoning),
-                           "finish_reason": "length" if capped else c.finish_reason, "num_tokens": c.num_tokens,
-                           "max_new_tokens": cfg.max_new_tokens, "answer_max_new_tokens": cut,
+                           "finish_reason": "length" if was_cut else c.finish_reason, "num_tokens": c.num_tokens,
+                           "max_new_tokens": cfg.max_new_tokens, "answer_max_new_tokens": cut, "answer_cut": was_cut,
                            "prompt_truncated": it["id"] in truncated,
                            "correct": exact_match(p.answer, it["reference"]) if it["reference"] is not None else None,
                            "verdicts": v, "seconds": {"generate": round(gen_s, 4), "judge": round(judge_s, 4)}}

@@ -545,7 +545,8 @@ def _converted_float32(resolved: ResolvedModel) -> bool:
         config = json.loads((Path(resolved.path) / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return (config.get("dtype") or config.get("torch_dtype")) == "float32" and (Path(resolved.path) / MANIFEST).is_file()
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    return dtype == "float32" and (Path(resolved.path) / MANIFEST).is_file()
 
 
 def load_model(resolved: ResolvedModel, dtype="auto", device: str | None = None, trust_remote_code: bool = False):
