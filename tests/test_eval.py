@@ -56,6 +56,9 @@ def test_numbers_and_exact_match():
     assert extract_number("So they raised $2,280 in total.") == 2280.0
     assert extract_number("no digits") is None
     assert exact_match("The answer is 42.", "42") and not exact_match("41 or 42? 41", "42")
+    # A boxed answer wins over numbers written after it (read from a demo row: "... 8-hour shift" scored as 8).
+    assert exact_match("So the factory makes \\(\\boxed{3000}\\) bottles in an 8-hour shift.", "3000")
+    assert extract_number("\\boxed{x = 12} then 7") == 12.0 and extract_number("\\boxed{none} 7") == 7.0
 
 
 def test_custom_suite_metrics_are_exact(tmp_path):

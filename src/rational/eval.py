@@ -305,11 +305,15 @@ def _excluded(item: dict, ex: dict[str, set]) -> bool:
 # ------------------------------------------------------------------------------------------ scoring
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
 def extract_number(text: str) -> float | None:
-    """The last number in a text ('... is $2,280.' -> 2280.0), the GSM8K answer convention."""
-    nums = _NUMBER.findall((text or "").replace("\u2212", "-"))
+    """The last number in a text ('... is $2,280.' -> 2280.0), the GSM8K answer convention; when the text boxes
+    its answer (`\\boxed{3000} bottles in an 8-hour shift`), the last number in the last box."""
+    text = (text or "").replace("\u2212", "-")
+    boxed = _BOXED.findall(text)
+    nums = (boxed and _NUMBER.findall(boxed[-1])) or _NUMBER.findall(text)
     for raw in reversed(nums):
         try:
             return float(raw.replace(",", ""))
