@@ -89,6 +89,13 @@ CURVE_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "mean_token
               "logps/rejected", "reroute_loss", "retain_loss", "reroute_coef", "retain_coef", "reroute_cos")
 
 
+def _names(value: str | list[str]) -> str | list[str]:
+    """'a,b' or [a, b] -> a list of names; a single name stays a plain string (as older runs recorded it)."""
+    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else map(str, value))]
+    items = [v for v in items if v]
+    return items if len(items) > 1 else (items[0] if items else value)
+
+
 @dataclass
 class TrainConfig:
     """`rational train`: SFT on rationales with TRL (LoRA or full). Names follow TRL's `SFTConfig` where one exists."""
@@ -109,8 +116,12 @@ class TrainConfig:
                                        same_on_resume=True)
     beta: float = setting(0.1, "--method dpo: how far the policy may move from the reference (DPOConfig.beta).",
                           same_on_resume=True)
-    loss_type: str = setting("sigmoid", "--method dpo: DPOConfig.loss_type (sigmoid = the DPO paper; ipo, hinge, "
-                             "robust, ...).", same_on_resume=True)
+    loss_type: str | list[str] = setting("sigmoid", "--method dpo: DPOConfig.loss_type (sigmoid = the DPO paper; "
+                                         "ipo, hinge, robust, ...); several are summed, e.g. sigmoid,sft (RPO: DPO "
+                                         "plus the chosen side's NLL).", same_on_resume=True)
+    loss_weights: str | list[float] | None = setting(None, "--method dpo: a weight per loss_type, e.g. 1,1 "
+                                                     "(DPOConfig.loss_weights; default 1 each).",
+                                                     same_on_resume=True)
     # --baseline circuit-breakers (Zou et al. 2024)
     cb_alpha: float = setting(10.0, "circuit-breakers: alpha of the loss schedule, c_reroute = alpha (1 - t/2T), "
                               "c_retain = alpha t/2T (paper: 10 for Llama-3-8B, 5 for Mistral-7B).",
@@ -197,7 +208,17 @@ class TrainConfig:
               "--merge applies to LoRA adapters; a full fine-tune is already a complete model in OUT/model")
         check_range(self, "beta", 0, lo_open=True)
         check_range(self, "cb_alpha", 0, lo_open=True)
-        check_choice(self, "loss_type", LOSS_TYPES)
+        self.loss_type = _names(self.loss_type)
+        for name in self.loss_type if isinstance(self.loss_type, list) else [self.loss_type]:
+            check(name in LOSS_TYPES, f"unknown loss_type '{name}'; use one of {', '.join(LOSS_TYPES)}")
+        if isinstance(self.loss_weights, str):
+            try:
+                self.loss_weights = [float(w) for w in self.loss_weights.split(",") if w.strip()] or None
+            except ValueError:
+                raise UserError(f"'loss_weights' is {self.loss_weights!r}; give numbers like 1,0.5") from None
+        n_losses = len(self.loss_type) if isinstance(self.loss_type, list) else 1
+        check(self.loss_weights is None or len(self.loss_weights) == n_losses,
+              f"loss_weights has {len(self.loss_weights or [])} values for {n_losses} loss_type(s); give one each")
         if isinstance(self.cb_layers, str):
             try:
                 self.cb_layers = [int(n) for n in self.cb_layers.split(",") if n.strip()] or None
@@ -570,7 +591,9 @@ def _dpo_config(cfg: TrainConfig, torch_dtype, device: str):
     from trl import DPOConfig
 
     return DPOConfig(**_training_args(cfg, torch_dtype, device), max_length=int(cfg.max_length),
-                     truncation_mode="keep_start", beta=float(cfg.beta), loss_type=[cfg.loss_type],
+                     truncation_mode="keep_start", beta=float(cfg.beta),
+                     loss_type=cfg.loss_type if isinstance(cfg.loss_type, list) else [cfg.loss_type],
+                     loss_weights=cfg.loss_weights,
                      dataset_num_proc=None)
 
 
