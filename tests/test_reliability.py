@@ -77,9 +77,13 @@ def test_evil_template_in_the_data_folder_stops_the_run_with_one_line(tmp_path, 
 # ------------------------------------------------------------------------------------------ honest reruns
 
 
-def test_run_again_with_another_seed_or_model_is_refused(tmp_path, capsys):
+def test_run_again_with_another_seed_or_model_is_refused(tmp_path, capsys, monkeypatch):
     out = tmp_path / "smoke"
     assert _cli(["run", "--preset", "smoke", "--out", str(out)], capsys)[0] == 0
+    # The same folder spelled relatively is the same run: every stage is skipped, nothing is refused.
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _cli(["run", "--preset", "smoke", "--out", "smoke"], capsys)
+    assert code == 0 and "was made with" not in err and "stage 2/" in err and "generate: done earlier" in err
     meta = (out / "run.json").read_text()
     code, _, err = _cli(["run", "--preset", "smoke", "--out", str(out), "--seed", "1"], capsys)
     assert code == 2 and "stage data was made with seed=0, not 1" in err and "--overwrite" in err

@@ -23,6 +23,7 @@ import dataclasses
 import errno
 import gc
 import json
+import os
 import sys
 import time
 import traceback
@@ -183,7 +184,7 @@ class Runner:
             if old is None:  # folders written before fingerprints existed cannot be checked
                 continue
             for k in sorted(set(old) | set(new)):
-                if old.get(k) != new.get(k):
+                if _as_paths(old.get(k)) != _as_paths(new.get(k)):
                     raise UserError(f"{self.run_dir}: stage {stage} was made with {k}={old.get(k)!r}, not "
                                     f"{new.get(k)!r}; rerun with --overwrite to start over, or use another --out")
 
@@ -225,6 +226,16 @@ class Runner:
         log.write_text(traceback.format_exc())
         return UserError(f"stage {stage} failed ({type(e).__name__}: {str(e)[:200]}); traceback in {log}; "
                          "fix the cause and run the same command again to resume")
+
+
+def _as_paths(value: Any) -> Any:
+    """Path-like strings made absolute (from the current folder), so `--out runs/x` and `--out /abs/runs/x` are
+    the same run when resumed; anything else as it is."""
+    if isinstance(value, str) and os.sep in value:
+        return os.path.abspath(value)
+    if isinstance(value, list):
+        return [_as_paths(v) for v in value]
+    return value
 
 
 def _fmt(seconds: float) -> str:
