@@ -89,6 +89,17 @@ CURVE_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "mean_token
               "logps/rejected", "reroute_loss", "retain_loss", "reroute_coef", "retain_coef", "reroute_cos")
 
 
+def _numbers(cfg: Any, name: str, cast: type, example: str) -> list | None:
+    """A comma-separated setting ('10,20', from the command line) as a list of numbers; a list stays as it is."""
+    value = getattr(cfg, name)
+    if not isinstance(value, str):
+        return value
+    try:
+        return [cast(n) for n in value.split(",") if n.strip()] or None
+    except ValueError:
+        raise UserError(f"'{name}' is {value!r}; give {example}") from None
+
+
 def _names(value: str | list[str]) -> str | list[str]:
     """'a,b' or [a, b] -> a list of names; a single name stays a plain string (as older runs recorded it)."""
     items = [v.strip() for v in (value.split(",") if isinstance(value, str) else map(str, value))]
@@ -187,6 +198,11 @@ class TrainConfig:
     reasoning_open: str = setting("<think>", "Tag that opens the reasoning block.", same_on_resume=True)
     reasoning_close: str = setting("</think>", "Tag that closes the reasoning block.", same_on_resume=True)
 
+    @property
+    def loss_types(self) -> list[str]:
+        """`loss_type` as a list (a single name is kept as a string in the config, as older runs recorded it)."""
+        return self.loss_type if isinstance(self.loss_type, list) else [self.loss_type]
+
     def __post_init__(self):
         if self.baseline in ("none", "", "rational"):
             self.baseline = None
@@ -209,21 +225,13 @@ class TrainConfig:
         check_range(self, "beta", 0, lo_open=True)
         check_range(self, "cb_alpha", 0, lo_open=True)
         self.loss_type = _names(self.loss_type)
-        for name in self.loss_type if isinstance(self.loss_type, list) else [self.loss_type]:
+        for name in self.loss_types:
             check(name in LOSS_TYPES, f"unknown loss_type '{name}'; use one of {', '.join(LOSS_TYPES)}")
-        if isinstance(self.loss_weights, str):
-            try:
-                self.loss_weights = [float(w) for w in self.loss_weights.split(",") if w.strip()] or None
-            except ValueError:
-                raise UserError(f"'loss_weights' is {self.loss_weights!r}; give numbers like 1,0.5") from None
-        n_losses = len(self.loss_type) if isinstance(self.loss_type, list) else 1
-        check(self.loss_weights is None or len(self.loss_weights) == n_losses,
-              f"loss_weights has {len(self.loss_weights or [])} values for {n_losses} loss_type(s); give one each")
-        if isinstance(self.cb_layers, str):
-            try:
-                self.cb_layers = [int(n) for n in self.cb_layers.split(",") if n.strip()] or None
-            except ValueError:
-                raise UserError(f"'cb_layers' is {self.cb_layers!r}; give hidden-state indices like 10,20") from None
+        self.loss_weights = _numbers(self, "loss_weights", float, "weights like 1,0.5")
+        check(self.loss_weights is None or len(self.loss_weights) == len(self.loss_types),
+              f"loss_weights has {len(self.loss_weights or [])} values for {len(self.loss_types)} loss_type(s); "
+              "give one each")
+        self.cb_layers = _numbers(self, "cb_layers", int, "hidden-state indices like 10,20")
         check(self.init_adapter is None or self.method == "dpo",
               "--init-adapter applies to --method dpo (the SFT adapter DPO starts from)")
         if self.baseline in BASELINES:
@@ -592,7 +600,7 @@ def _dpo_config(cfg: TrainConfig, torch_dtype, device: str):
 
     return DPOConfig(**_training_args(cfg, torch_dtype, device), max_length=int(cfg.max_length),
                      truncation_mode="keep_start", beta=float(cfg.beta),
-                     loss_type=cfg.loss_type if isinstance(cfg.loss_type, list) else [cfg.loss_type],
+                     loss_type=cfg.loss_types,
                      loss_weights=cfg.loss_weights,
                      dataset_num_proc=None)
 
