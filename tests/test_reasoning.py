@@ -70,23 +70,27 @@ def test_decision_and_sections():
     assert not has_all_sections("Intent: only this")
 
 
-def test_split_reasoning_is_lossless():
-    """What a served model returns as reasoning_content + content re-joins to the exact text (the eval over HTTP
-    scores what an in-process eval scores), for well-formed and malformed outputs alike."""
-    texts = [format_output("Intent: x.\nDecision: decline", "No."), "<think>A</think>B", "<think>out of tok",
-             "<think></think>", "plain answer", "reasoning</think>answer", "x <think>A</think>B",
-             "<think>A<think>B</think>C", "<think>A</think>B</think>C", ""]
-    for text in texts:
-        reasoning, content = split_reasoning(text)
-        assert join_reasoning(reasoning, content) == text, text
-    assert split_reasoning(format_output("R", "A")) == ("\nR\n", "\n\nA")
+def test_split_reasoning_round_trips_and_content_starts_with_the_answer():
+    """What a served model returns as reasoning_content + content re-joins to the exact text for outputs in the
+    trained format, and to a text parse_output reads the same for malformed ones (the eval over HTTP scores what
+    an in-process eval scores). content starts with the answer itself: tools match refusals with startswith."""
+    exact = [format_output("Intent: x.\nDecision: decline", "No."), "<think>out of tok", "<think></think>",
+             "plain answer", "reasoning</think>answer", "x <think>A</think>B", "<think>A<think>B</think>\n\nC",
+             "<think>A</think>\n\nB</think>C", "", "  leading space, no block"]
+    loose = ["<think>A</think>B", "<think>R</think>\nA", "<think>R</think>\n\n", "\n <think>R</think>A",
+             "<think>A</think> B</think>C"]
+    for text in exact:
+        assert join_reasoning(*split_reasoning(text)) == text, text
+    for text in loose:
+        joined = join_reasoning(*split_reasoning(text))
+        assert joined != text and parse_output(joined) == parse_output(text), text
+    assert split_reasoning(format_output("R", "A")) == ("\nR\n", "A")
+    assert split_reasoning("<think>R</think> \n A") == ("R", "A")  # whitespace after the block is dropped
     assert split_reasoning("<think>out of tok") == ("out of tok", None)  # unclosed: no answer at all
     assert split_reasoning("<think></think>") == ("", "")  # closed, empty answer
     assert split_reasoning("reasoning</think>answer") == (None, "reasoning</think>answer")  # only a leading block
-    # Whitespace before the block is the one thing dropped; what parse_output makes of the text is unchanged.
-    text = "\n <think>R</think>A"
-    joined = join_reasoning(*split_reasoning(text))
-    assert joined == "<think>R</think>A" and parse_output(joined) == parse_output(text)
+    # A server that keeps the whitespace (content "\n\nA") re-joins without a second separator.
+    assert join_reasoning("\nR\n", "\n\nA") == format_output("R", "A")
     fmt = ReasoningFormat("<reasoning>", "</reasoning>")
     assert split_reasoning("<reasoning>R</reasoning>A", fmt) == ("R", "A")
     assert split_reasoning("<think>R</think>A", fmt) == (None, "<think>R</think>A")

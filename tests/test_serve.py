@@ -128,7 +128,7 @@ def test_openai_client_gets_reasoning_apart(tiny):
         assert [m.id for m in client.models.list().data] == ["tiny-random"]
         r = client.chat.completions.create(model="tiny-random", messages=HI, max_tokens=6, temperature=0)
         msg = r.choices[0].message
-        assert msg.content.strip() == ANSWER and "<think>" not in msg.content
+        assert msg.content == ANSWER  # the answer itself, as garak's startswith detectors expect
         assert msg.reasoning_content.strip() == REASONING
         assert r.usage.prompt_tokens == len(tiny.encode(HI)) and r.usage.completion_tokens > 0
         assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
@@ -147,7 +147,7 @@ def test_show_reasoning_server_default_and_request_override(tiny):
         msg = _chat(client).json()["choices"][0]["message"]
         assert msg == {"role": "assistant", "content": RATIONAL_TEXT, "reasoning_content": None}
         msg = _chat(client, include_reasoning=False).json()["choices"][0]["message"]
-        assert msg["content"].strip() == ANSWER and msg["reasoning_content"].strip() == REASONING
+        assert msg["content"] == ANSWER and msg["reasoning_content"].strip() == REASONING
     with TestClient(build_app(Recording(tiny, text="<think>ran out of tok"), ServeConfig(model="tiny-random"))) as c:
         msg = _chat(c).json()["choices"][0]["message"]
         assert msg["content"] is None and msg["reasoning_content"] == "ran out of tok"  # no answer was written
@@ -372,6 +372,6 @@ def test_openai_backend_joins_reasoning_fields():
 
     assert text(content="plain") == "plain"
     assert text(content="\n\nNo.", reasoning_content="\nR\n") == "<think>\nR\n</think>\n\nNo."
-    assert text(content="No.", reasoning="R") == "<think>R</think>No."  # newer vLLM's field name
+    assert text(content="No.", reasoning="R") == "<think>R</think>\n\nNo."  # newer vLLM's field name
     assert text(content=None, reasoning_content="R, unfinished") == "<think>R, unfinished"
-    assert text(ReasoningFormat("<r>", "</r>"), content="A", reasoning_content="R") == "<r>R</r>A"
+    assert text(ReasoningFormat("<r>", "</r>"), content="A", reasoning_content="R") == "<r>R</r>\n\nA"

@@ -51,6 +51,8 @@ class ReasoningFormat:
 
 
 DEFAULT_FORMAT = ReasoningFormat()
+# Between the close tag and the answer in the trained format (`format_output`).
+ANSWER_SEPARATOR = "\n\n"
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class ParsedOutput:
 
 def format_output(reasoning: str, answer: str, fmt: ReasoningFormat = DEFAULT_FORMAT) -> str:
     """Join reasoning and answer into one assistant text."""
-    return f"{fmt.open_tag}\n{reasoning.strip()}\n{fmt.close_tag}\n\n{answer.strip()}"
+    return f"{fmt.open_tag}\n{reasoning.strip()}\n{fmt.close_tag}{ANSWER_SEPARATOR}{answer.strip()}"
 
 
 def format_sections(sections: dict[str, str]) -> str:
@@ -120,11 +122,14 @@ def parse_output(text: str, fmt: ReasoningFormat = DEFAULT_FORMAT) -> ParsedOutp
 def split_reasoning(text: str, fmt: ReasoningFormat = DEFAULT_FORMAT) -> tuple[str | None, str | None]:
     """Split an output into (reasoning, content) the way reasoning-model servers return them.
 
-    Unlike `parse_output`, nothing is stripped or judged, so `join_reasoning` rebuilds the model's text exactly
-    and a client that re-joins the two fields scores the same text as an in-process run. Only an output that
-    opens with the reasoning block is split (whitespace before the open tag is dropped); any other output is
-    all content. An unclosed block (out of tokens mid-reasoning) is all reasoning with content None, not "",
-    so it stays distinguishable from a closed block followed by an empty answer.
+    Unlike `parse_output`, the reasoning is not stripped or judged. Only an output that opens with the reasoning
+    block is split (whitespace before the open tag is dropped); any other output is all content. The whitespace
+    between the close tag and the answer is dropped too, so `content` starts with what a user reads (tools such
+    as garak match refusal prefixes with `startswith`); `join_reasoning` puts the format's separator back, so
+    every output in the trained format (`format_output`) re-joins to the exact text, and any other re-joins to a
+    text that `parse_output` reads the same (it strips that whitespace). An unclosed block (out of tokens
+    mid-reasoning) is all reasoning with content None, not "", so it stays distinguishable from a closed block
+    followed by an empty answer.
     """
     text = text or ""
     body = text.lstrip()
@@ -134,14 +139,19 @@ def split_reasoning(text: str, fmt: ReasoningFormat = DEFAULT_FORMAT) -> tuple[s
     end = body.find(fmt.close_tag)
     if end == -1:
         return body, None
-    return body[:end], body[end + len(fmt.close_tag) :]
+    return body[:end], body[end + len(fmt.close_tag) :].lstrip()
 
 
 def join_reasoning(reasoning: str | None, content: str | None, fmt: ReasoningFormat = DEFAULT_FORMAT) -> str:
-    """The inverse of `split_reasoning`: one text with the reasoning block in front."""
+    """The inverse of `split_reasoning`: one text with the reasoning block in front. A non-empty content that
+    does not start with whitespace (a server that dropped it, as `rational serve` does) gets the format's
+    separator back; one that does (servers that keep it) is joined as it is."""
     if reasoning is None:
         return content or ""
-    return fmt.open_tag + reasoning + ("" if content is None else fmt.close_tag + content)
+    if content is None:
+        return fmt.open_tag + reasoning
+    separator = ANSWER_SEPARATOR if content and not content[0].isspace() else ""
+    return fmt.open_tag + reasoning + fmt.close_tag + separator + content
 
 
 def answer_start(text: str, fmt: ReasoningFormat = DEFAULT_FORMAT) -> int | None:

@@ -11,9 +11,10 @@ pretend.
 Reasoning. By default a reply carries the answer in `message.content` and the reasoning block's body in
 `message.reasoning_content`, as vLLM and DeepSeek return reasoning models' output, so attack tools score
 what a user would see. `include_reasoning: true` in the request (or `show_reasoning` on the server) puts
-the model's whole text in `content` instead. The split is lossless (`reasoning.split_reasoning`):
-`OpenAIGenerator` joins the two fields back, so `rational eval --backend openai` against this server
-scores the same text as an in-process eval.
+the model's whole text in `content` instead. `content` starts with the answer (the whitespace after the
+reasoning block is dropped: garak's detectors match refusal prefixes with `startswith`). `OpenAIGenerator`
+joins the two fields back with the trained format's separator (`reasoning.split_reasoning`), so
+`rational eval --backend openai` against this server scores the same text as an in-process eval.
 
 Batching. The model is not thread-safe, so one worker thread owns it (and its tokenizer). Requests are
 queued; the worker takes the first, waits up to `batch_wait_ms` for more (at most `max_batch_size`), and
