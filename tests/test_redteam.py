@@ -59,7 +59,11 @@ def test_smoke_run_with_one_red_team_round(tmp_path, monkeypatch, capsys):
     assert r1["heldout_attack"]["asr"]["n"] == 2 and r1["eval"]["jailbreak-heldout"]["metric"] == "asr"
     assert r1["cost"]["train"]["seconds"] is not None and r1["cost"]["attack-train"]["cpu_seconds"] is not None
     assert r0["adapter"].endswith("train-rational/adapter") and r1["adapter"].endswith("round-1/train/adapter")
-    assert "| 1 |" in (rt / "summary.md").read_text()
+    # Paired with round 0 on the same prompts: every reported suite and the held-out attack's behaviors.
+    assert {"jailbreak-heldout", "harmful", "heldout_attack"} <= set(r1["vs_round_0"]) and "vs_round_0" not in r0
+    assert r1["vs_round_0"]["heldout_attack"]["n_pairs"] == 2 and r1["vs_round_0"]["harmful"]["n_pairs"] > 0
+    assert r1["vs_round_0"]["harmful"]["a_rate"] == r1["eval"]["harmful"]["rate"]  # a = round 1's side
+    assert "| 1 |" in (rt / "summary.md").read_text() and ", p " in (rt / "summary.md").read_text()
 
     # A rerun skips every finished stage.
     stamps = {p: p.stat().st_mtime_ns for p in rt.glob("**/.done.json")}

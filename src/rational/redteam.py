@@ -23,7 +23,8 @@ Round r (r = 1..rounds), each step a resumable stage of the run under `runs/NAME
 Round 0 is the model before any round: train-rational, its eval (`eval-rational`) and its own `attack-heldout`.
 A round whose attacks all failed (or whose rationales were all rejected) has nothing to learn from: its model is
 the previous one and its eval and held-out attack are not redone. `redteam/summary.json` and `summary.md` give,
-per round, the held-out ASRs with 95% intervals and what the round cost (seconds and CPU seconds per stage).
+per round, the held-out ASRs with 95% intervals, an exact McNemar test of each against round 0 on the same
+prompts, and what the round cost (seconds and CPU seconds per stage).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from . import report
 from .attack import METHODS, AttackConfig, run_attack
 from .common import clear_outputs, read_jsonl, write_json, write_jsonl, write_text_atomic
 from .config import Recipe, check_choice, check_range, setting
@@ -41,6 +43,7 @@ from .errors import UserError
 from .eval import EvalConfig, run_eval
 from .generate import GenerateConfig, run_generate
 from .prompts import PromptRecord, read_records
+from .stats import paired_comparison
 from .train import TrainConfig, run_train
 
 ROUND_STEPS = ("attack-train", "generate", "train", "eval", "attack-heldout")
@@ -298,8 +301,8 @@ def _headlines(metrics_path: Path) -> dict:
 def write_summary(rt: RedteamConfig, ctx: RunContext) -> Path:
     """redteam/summary.json and summary.md: per round, the held-out numbers and the round's cost."""
     rounds = []
-    last_eval = ctx.run_dir / "eval-rational" / "metrics.json"
-    last_heldout = ctx.round_dir(0) / "attack-heldout" / "summary.json"
+    first_eval = last_eval = ctx.run_dir / "eval-rational" / "metrics.json"
+    first_heldout = last_heldout = ctx.round_dir(0) / "attack-heldout" / "summary.json"
     for r in range(0, rt.rounds + 1):
         d = ctx.round_dir(r)
         row: dict[str, Any] = {"round": r}
@@ -322,6 +325,8 @@ def write_summary(rt: RedteamConfig, ctx: RunContext) -> Path:
             s = json.loads(last_heldout.read_text())
             row["heldout_attack"] = {"asr": s["asr"], "queries": s["queries"]["total"],
                                      "cpu_seconds": s["cpu_seconds"], "asr_definition": s["asr_definition"]}
+        if r and row.get("changed"):
+            row["vs_round_0"] = _paired_with_round_0(first_eval, last_eval, first_heldout, last_heldout, r)
         rounds.append(row)
     out = ctx.run_dir / "redteam"
     summary = {"method": rt.method, "rounds": rt.rounds, "train_behaviors": rt.train_behaviors,
@@ -332,10 +337,26 @@ def write_summary(rt: RedteamConfig, ctx: RunContext) -> Path:
     return out / "summary.json"
 
 
-def _fmt(p: dict | None) -> str:
+def _paired_with_round_0(eval0: Path, eval_r: Path, heldout0: Path, heldout_r: Path, r: int) -> dict:
+    """Round r against round 0 on the prompts both answered: each reported eval suite's headline and the held-out
+    attack's per-behavior success, with the exact McNemar p-value (`stats.paired_comparison`)."""
+    out = {}
+    if eval0.is_file() and eval_r.is_file():
+        rows = report.paired_rows([eval0.parent, eval_r.parent], ["round-0", f"round-{r}"], reference=f"round-{r}")
+        out.update({row["suite"]: row for row in rows if row["suite"] in REPORTED_SUITES})
+    if heldout0.is_file() and heldout_r.is_file():
+        def success(summary: Path) -> dict[str, bool]:
+            return {row["id"]: bool(row["success"]) for row in read_jsonl(summary.parent / "attacks.jsonl")}
+
+        out["heldout_attack"] = paired_comparison(success(heldout_r), success(heldout0))
+    return out
+
+
+def _fmt(p: dict | None, paired: dict | None = None) -> str:
     if not p or p.get("rate") is None:
         return "-"
-    return f"{p['rate']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}] ({p['k']}/{p['n']})"
+    cell = f"{p['rate']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}] ({p['k']}/{p['n']})"
+    return cell if not paired or paired.get("p_mcnemar") is None else f"{cell}, p {paired['p_mcnemar']:.2g}"
 
 
 _COLUMNS = {"jailbreak-heldout": "jailbreak-heldout ASR", "jailbreak": "jailbreak ASR",
@@ -347,13 +368,14 @@ def _markdown(summary: dict) -> str:
             f"{summary['method']} ASR, train behaviors", "rationales added", "round seconds"]
     lines = [f"# Red-team loop: {summary['method']}, {summary['rounds']} round(s)", "",
              "Held-out: eval-side behaviors and attack families never used in training or any round. "
-             "Rates with 95% Wilson intervals (k/n).", "",
+             "Rates with 95% Wilson intervals (k/n); p: exact McNemar test against round 0 on the shared prompts "
+             "(behaviors).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary["per_round"]:
-        ev = row.get("eval", {})
+        ev, vs = row.get("eval", {}), row.get("vs_round_0", {})
         cells = [str(row["round"]) + ("" if row["round"] == 0 or row.get("changed") else " (unchanged)"),
-                 _fmt((row.get("heldout_attack") or {}).get("asr")),
-                 *[_fmt(ev.get(s)) for s in REPORTED_SUITES],
+                 _fmt((row.get("heldout_attack") or {}).get("asr"), vs.get("heldout_attack")),
+                 *[_fmt(ev.get(s), vs.get(s)) for s in REPORTED_SUITES],
                  _fmt((row.get("attack_train") or {}).get("asr")), str(row.get("sft_added", "-")),
                  str(row.get("cost_seconds", "-"))]
         lines.append("| " + " | ".join(cells) + " |")
