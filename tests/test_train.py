@@ -411,8 +411,33 @@ def test_smoke_recipe_values(tmp_path):
 # -------------------------------------------------------------------------------------------- scale-out
 
 
-def test_one_machine_launch_gets_its_own_rendezvous_port(tmp_path):
+def _visible_gpus(monkeypatch, n: int):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+
+
+def test_launch_uses_the_visible_gpus_and_refuses_more_processes(monkeypatch, tmp_path):
     from rational.train import accelerate_launch_args
+
+    def processes(n_gpus, asked=None):
+        _visible_gpus(monkeypatch, n_gpus)
+        args = accelerate_launch_args(TrainConfig(accelerate_config="ddp", num_processes=asked), tmp_path / "c.yaml")
+        return int(args[args.index("--num_processes") + 1]), args[args.index("--mixed_precision") + 1]
+
+    assert processes(0)[0] == 1  # CPU: one process unless asked (precision follows the CPU's bf16 support)
+    assert processes(4) == (4, "bf16")  # the profile says 8; the machine has 4
+    assert processes(4, asked=2) == (2, "bf16")
+    with pytest.raises(UserError, match="--num-processes 2 but this machine has 1 visible GPU"):
+        processes(1, asked=2)  # found on an H100: rank 1 died looking for a second GPU
+
+
+def test_one_machine_launch_gets_its_own_rendezvous_port(tmp_path, monkeypatch):
+    from rational.train import accelerate_launch_args
+
+    _visible_gpus(monkeypatch, 0)
 
     args = accelerate_launch_args(TrainConfig(accelerate_config="ddp", num_processes=2), tmp_path / "c.yaml")
     port = int(args[args.index("--main_process_port") + 1])
@@ -426,7 +451,7 @@ def test_one_machine_launch_gets_its_own_rendezvous_port(tmp_path):
 def test_ddp_two_cpu_ranks_train_identical_weights(sft_file, tmp_path):
     """`rational train --accelerate-config ddp --num-processes 2` really runs 2 gloo ranks through accelerate."""
     out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # CPU ranks, also on a GPU machine
     cmd = [sys.executable, "-m", "rational.cli", "train", "--model", "tiny-random", "--data", str(sft_file),
            "--out", str(out), "--max-steps", "2", "--per-device-train-batch-size", "2", "--dtype", "float32", "--learning-rate", "1e-2",
            "--accelerate-config", "ddp", "--num-processes", "2"]

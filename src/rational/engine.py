@@ -120,6 +120,7 @@ def _reserved_layer():
             import torch
 
             def gather(layer, buf, index):
+                index = index.to(buf.device)
                 return torch.take_along_dim(buf[:, :, : layer.length], index[:, None, :, None], dim=2)
 
             keys = torch.cat([gather(self, self.k_buf, mine), gather(other, other.k_buf, theirs)])
@@ -132,6 +133,7 @@ def _reserved_layer():
         def take_rows(self, index: torch.Tensor, room: int) -> ReservedLayer:
             """A new layer holding rows `index` (repeats allowed) of this one, with `room` columns reserved."""
             new = ReservedLayer(room)
+            index = index.to(self.k_buf.device)
             new.lazy_initialization(self.k_buf[index, :, :0], self.v_buf[index, :, :0])
             new.update(self.keys[index], self.values[index])
             return new
@@ -318,13 +320,17 @@ class Engine:
         self.refill = refill
         self.refill_at = refill_at
         self.min_shared = min_shared  # shorter common prefixes are not worth a separate prefill call
+        # Bookkeeping (masks, positions, row indices) stays on the CPU; only what the model reads moves to its
+        # device, and the cache and logits stay there.
+        self.device = getattr(model, "device", None) or next(model.parameters()).device
         forward = inspect.signature(model.forward).parameters
         self.cache_kw = "cache" if "cache" in forward else "past_key_values"  # renamed in transformers 5.x
 
     def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
         """Runs the model on new tokens and returns the logits of each row's last position only."""
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=1, **{self.cache_kw: cache})
+        dev = self.device
+        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev),
+                         use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
         return out.logits[:, -1]
 
     def _forward_chunked(self, ids, mask, positions, cache) -> torch.Tensor:
@@ -394,7 +400,7 @@ class Engine:
             # Greedy. `max` returns the first maximal index, like `argmax` in model.generate, and is exact on bf16
             # logits (their float32 copy holds the same values): measured 3x faster than float32 argmax at 128 rows.
             return logits.max(-1).indices.tolist()
-        u = torch.stack([torch.rand((), generator=s.rng) for s in seqs])  # one draw per sequence, own stream
+        u = torch.stack([torch.rand((), generator=s.rng) for s in seqs]).to(logits.device)  # one per sequence
         # 16 rows at a time: their float32 temporaries (~10 MB) are reused from the heap, while a [64, vocab] one
         # (39 MB) is above glibc's largest mmap threshold, so every step paid fresh page faults (measured 76 vs
         # 123 ms per step for 64 rows).
@@ -435,7 +441,7 @@ class Engine:
         if n > 1:
             rows = torch.arange(len(batch)).repeat_interleave(n)
             cache = _take_rows(cache, rows, cache.layers[0].room)
-            mask, next_pos, logits = mask[rows], next_pos[rows], logits[rows]
+            mask, next_pos, logits = mask[rows], next_pos[rows], logits[rows.to(logits.device)]
         return cache, mask, next_pos, logits
 
     @staticmethod

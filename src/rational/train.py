@@ -948,10 +948,14 @@ def accelerate_launch_args(cfg: TrainConfig, config_yaml: Path) -> list[str]:
     dtype = pick_dtype(cfg.dtype, "cuda" if on_gpu else "cpu")
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
     args = ["--config_file", str(profile), "--mixed_precision", precision]
+    gpus = torch.cuda.device_count() if on_gpu else 0
+    if cfg.num_processes and gpus and cfg.num_processes > gpus:
+        raise UserError(f"--num-processes {cfg.num_processes} but this machine has {gpus} visible GPU(s): one "
+                        f"process per GPU, so pass --num-processes {gpus} or fewer (CUDA_VISIBLE_DEVICES picks them)")
     if cfg.num_processes:
         args += ["--num_processes", str(cfg.num_processes)]
-    elif not on_gpu:
-        args += ["--num_processes", "1"]  # the profiles assume 8 GPUs; on a CPU machine ask explicitly
+    else:  # the profiles say 8 GPUs: use the GPUs this machine has (1 process on a CPU machine)
+        args += ["--num_processes", str(max(1, gpus))]
     if cfg.num_processes != 1:
         args += _rendezvous_port_args(profile)
     # No CUDA: the DDP profile still launches with torchrun; each rank then joins a gloo group because the
