@@ -422,13 +422,15 @@ def _visible_gpus(monkeypatch, n: int):
 def test_launch_uses_the_visible_gpus_and_refuses_more_processes(monkeypatch, tmp_path):
     from rational.train import accelerate_launch_args
 
-    def processes(n_gpus, asked=None):
+    def processes(n_gpus, asked=None, profile="ddp"):
         _visible_gpus(monkeypatch, n_gpus)
-        args = accelerate_launch_args(TrainConfig(accelerate_config="ddp", num_processes=asked), tmp_path / "c.yaml")
+        args = accelerate_launch_args(TrainConfig(accelerate_config=profile, num_processes=asked), tmp_path / "c.yaml")
         return int(args[args.index("--num_processes") + 1]), args[args.index("--mixed_precision") + 1]
 
     assert processes(0)[0] == 1  # CPU: one process unless asked (precision follows the CPU's bf16 support)
     assert processes(4) == (4, "bf16")  # the profile says 8; the machine has 4
+    assert processes(16)[0] == 8  # more GPUs than the profile asks for: the profile's count
+    assert processes(4, profile="single_gpu")[0] == 1
     assert processes(4, asked=2) == (2, "bf16")
     with pytest.raises(UserError, match="--num-processes 2 but this machine has 1 visible GPU"):
         processes(1, asked=2)  # found on an H100: rank 1 died looking for a second GPU

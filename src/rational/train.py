@@ -952,11 +952,14 @@ def accelerate_launch_args(cfg: TrainConfig, config_yaml: Path) -> list[str]:
     if cfg.num_processes and gpus and cfg.num_processes > gpus:
         raise UserError(f"--num-processes {cfg.num_processes} but this machine has {gpus} visible GPU(s): one "
                         f"process per GPU, so pass --num-processes {gpus} or fewer (CUDA_VISIBLE_DEVICES picks them)")
-    if cfg.num_processes:
-        args += ["--num_processes", str(cfg.num_processes)]
-    else:  # the profiles say 8 GPUs: use the GPUs this machine has (1 process on a CPU machine)
-        args += ["--num_processes", str(max(1, gpus))]
-    if cfg.num_processes != 1:
+    n = cfg.num_processes
+    if not n:  # the profile's count (ddp/fsdp2/zero3 say 8), at most the GPUs this machine has; 1 on a CPU
+        wanted = int((yaml.safe_load(profile.read_text()) or {}).get("num_processes", 1))
+        n = min(wanted, gpus) if gpus else 1
+        if n < wanted:
+            print(f"[rational] {profile.name} asks for {wanted} processes; launching {n} (--num-processes to choose)")
+    args += ["--num_processes", str(n)]
+    if n != 1:
         args += _rendezvous_port_args(profile)
     # No CUDA: the DDP profile still launches with torchrun; each rank then joins a gloo group because the
     # training arguments set use_cpu. (`accelerate launch --cpu` alone starts a single process in accelerate 1.x.)
