@@ -356,7 +356,9 @@ def _fmt(p: dict | None, paired: dict | None = None) -> str:
     if not p or p.get("rate") is None:
         return "-"
     cell = f"{p['rate']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}] ({p['k']}/{p['n']})"
-    return cell if not paired or paired.get("p_mcnemar") is None else f"{cell}, p {paired['p_mcnemar']:.2g}"
+    if not paired or paired.get("p_mcnemar") is None:
+        return cell
+    return f"{cell}, p {report.format_p(paired['p_mcnemar'])}"
 
 
 _COLUMNS = {"jailbreak-heldout": "jailbreak-heldout ASR", "jailbreak": "jailbreak ASR",
