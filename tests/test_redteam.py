@@ -22,7 +22,7 @@ class Complied:
 
 def _run(out, *extra):
     try:
-        main(["run", "--preset", "smoke", "--out", str(out), "redteam.rounds=1", *extra])
+        main(["run", "--preset", "smoke", "--out", str(out), "redteam.rounds=1", "redteam.control_seeds=1", *extra])
     except SystemExit as e:
         assert e.code in (0, None), e.code
 
@@ -32,7 +32,7 @@ def test_smoke_run_with_one_red_team_round(tmp_path, monkeypatch, capsys):
     out = tmp_path / "smoke"
     _run(out)
     rt = out / "redteam"
-    for stage in stage_names(RedteamConfig(rounds=1, train_behaviors=2, eval_behaviors=2)):
+    for stage in stage_names(RedteamConfig(rounds=1, train_behaviors=2, eval_behaviors=2, control_seeds=1), seed=0):
         assert (out / stage / ".done.json").is_file(), stage
 
     # The attacks that worked became adversarial prompts, their rationales were added to the training pool.
@@ -65,6 +65,19 @@ def test_smoke_run_with_one_red_team_round(tmp_path, monkeypatch, capsys):
     assert r1["vs_round_0"]["harmful"]["a_rate"] == r1["eval"]["harmful"]["rate"]  # a = round 1's side
     assert "| 1 |" in (rt / "summary.md").read_text() and ", p " in (rt / "summary.md").read_text()
 
+    # Round 0's data retrained with another seed: a different model, evaluated like the rounds, and the spread.
+    control = rt / "round-0" / "control-seed-1"
+    assert json.loads((control / "train" / "train_metrics.json").read_text())["config"]["seed"] == 1
+    assert (control / "train" / "adapter" / "adapter_model.safetensors").read_bytes() != (
+        out / "train-rational" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert [c["seed"] for c in summary["retrain_controls"]] == [1]
+    lo, hi = summary["retrain_spread"]["harmful"]
+    rates = {r0["eval"]["harmful"]["rate"], summary["retrain_controls"][0]["eval"]["harmful"]["rate"]}
+    assert (lo, hi) == (min(rates), max(rates))
+    assert r1["outside_spread"]["harmful"] == (not lo <= r1["eval"]["harmful"]["rate"] <= hi)
+    md = (rt / "summary.md").read_text()
+    assert "0, seed 1 (control)" in md and "Retraining spread" in md and "Round 1 outside it:" in md
+
     # A rerun skips every finished stage.
     stamps = {p: p.stat().st_mtime_ns for p in rt.glob("**/.done.json")}
     _run(out)
@@ -77,6 +90,9 @@ def test_redteam_settings_are_checked():
     with pytest.raises(Exception, match="unknown method"):
         RedteamConfig(method="beam")
     assert stage_names(RedteamConfig(rounds=0)) == []
+    assert stage_names(RedteamConfig(rounds=1, control_seeds=2), seed=5)[1:5] == [
+        "redteam/round-0/control-seed-6/train", "redteam/round-0/control-seed-6/eval",
+        "redteam/round-0/control-seed-7/train", "redteam/round-0/control-seed-7/eval"]
     assert stage_names(RedteamConfig(rounds=1, eval_behaviors=0)) == [
         "redteam/round-1/attack-train", "redteam/round-1/generate", "redteam/round-1/train", "redteam/round-1/eval",
         "redteam/summary"]

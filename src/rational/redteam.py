@@ -21,6 +21,9 @@ Round r (r = 1..rounds), each step a resumable stage of the run under `runs/NAME
    every round), so ASR against an adaptive attacker on behaviors never trained on is tracked per round.
 
 Round 0 is the model before any round: train-rational, its eval (`eval-rational`) and its own `attack-heldout`.
+`control_seeds: K` also retrains round 0's data with K other seeds and evaluates each (`round-0/control-seed-S/`):
+with a few dozen records, retraining alone moves the model a long way (BENCHMARKS.md), and a round is evidence only
+where it lies outside that spread (`outside_spread` in the summary).
 A round whose attacks all failed (or whose rationales were all rejected) has nothing to learn from: its model is
 the previous one and its eval and held-out attack are not redone. `redteam/summary.json` and `summary.md` give,
 per round, the held-out ASRs with 95% intervals, an exact McNemar test of each against round 0 on the same
@@ -64,12 +67,15 @@ class RedteamConfig:
     attack: dict = setting(default_factory=dict, help="Attack settings for every attack of the loop, over the "
                            "recipe's attack: section: the budget (n_streams, n_iterations, depth, gcg_steps, ...) "
                            "and the attacker.", same_on_resume=True)
+    control_seeds: int = setting(0, "Retrain round 0's data with this many other seeds and evaluate each: the "
+                                 "retraining noise a round must exceed (0: none).", same_on_resume=True)
 
     def __post_init__(self):
         check_range(self, "rounds", 0)
         check_choice(self, "method", METHODS)
         check_range(self, "train_behaviors", 1)
         check_range(self, "eval_behaviors", 0)
+        check_range(self, "control_seeds", 0)
         fixed = {"target", "adapter", "target_base_url", "behaviors", "out", "method", "limit", "seed", "dtype",
                  "overwrite"}
         clash = sorted(set(self.attack) & fixed)
@@ -77,11 +83,18 @@ class RedteamConfig:
             raise UserError(f"redteam.attack.{clash[0]} is set by the loop itself; remove it")
 
 
-def stage_names(rt: RedteamConfig) -> list[str]:
+def control_seeds(rt: RedteamConfig, seed: int) -> list[int]:
+    """The seeds of round 0's control retrainings: the next `control_seeds` after the run's seed."""
+    return [seed + k for k in range(1, rt.control_seeds + 1)]
+
+
+def stage_names(rt: RedteamConfig, seed: int = 0) -> list[str]:
     """The run's stages added by the loop, in order (empty when rounds is 0)."""
     if not rt.rounds:
         return []
     names = ["redteam/round-0/attack-heldout"] if rt.eval_behaviors else []
+    for seed in control_seeds(rt, seed):
+        names += [f"redteam/round-0/control-seed-{seed}/train", f"redteam/round-0/control-seed-{seed}/eval"]
     for r in range(1, rt.rounds + 1):
         names += [f"redteam/round-{r}/{step}" for step in ROUND_STEPS
                   if step != "attack-heldout" or rt.eval_behaviors]
@@ -122,6 +135,11 @@ def run_redteam(rt: RedteamConfig, recipe: Recipe, runner, ctx: RunContext, over
     if rt.eval_behaviors:
         runner.run("redteam/round-0/attack-heldout", lambda d: _attack(configs["redteam/round-0/attack-heldout"]),
                    configs["redteam/round-0/attack-heldout"])
+    for seed in control_seeds(rt, ctx.seed):
+        name = f"redteam/round-0/control-seed-{seed}"
+        runner.run(f"{name}/train", lambda d, n=name: _cost(run_train, configs[f"{n}/train"])[1],
+                   configs[f"{name}/train"])
+        runner.run(f"{name}/eval", lambda d, n=name: _cost(run_eval, configs[f"{n}/eval"])[1], configs[f"{name}/eval"])
     for r in range(1, rt.rounds + 1):
         name = f"redteam/round-{r}"
         runner.run(f"{name}/attack-train", lambda d, r=r: _attack_train(configs[f"redteam/round-{r}/attack-train"],
@@ -193,6 +211,15 @@ def _configs(rt: RedteamConfig, recipe: Recipe, ctx: RunContext, train_file: Pat
     if n_heldout:
         configs["redteam/round-0/attack-heldout"] = attack(ctx.round_dir(0) / "attack-heldout", heldout_file,
                                                            _adapter(ctx, 0), n_heldout, ctx.seed)
+    for seed in control_seeds(rt, ctx.seed):
+        d, name = ctx.round_dir(0) / f"control-seed-{seed}", f"redteam/round-0/control-seed-{seed}"
+        configs[f"{name}/train"] = recipe.build(TrainConfig, "train", {
+            "seed": seed, "model": ctx.model, "data": str(ctx.base_sft), "out": str(d / "train"), "dtype": ctx.dtype,
+            "resume": (d / "train" / "checkpoints").is_dir() or None})
+        configs[f"{name}/eval"] = recipe.build(EvalConfig, "eval", {
+            **shared, "model": ctx.model, "adapter": str(d / "train" / "adapter"), "out": str(d / "eval"),
+            "prompts": str(ctx.eval_prompts), "suites": [], "name": f"rational-seed-{seed}", "backend": ctx.backend,
+            "dtype": ctx.dtype, "exclude_train": str(ctx.base_sft)})
     for r in range(1, rt.rounds + 1):
         d, name = ctx.round_dir(r), f"redteam/round-{r}"
         previous = ctx.round_dir(r - 1) / "train" / "adapter" if r > 1 else _adapter(ctx, 0)
@@ -328,9 +355,22 @@ def write_summary(rt: RedteamConfig, ctx: RunContext) -> Path:
         if r and row.get("changed"):
             row["vs_round_0"] = _paired_with_round_0(first_eval, last_eval, first_heldout, last_heldout, r)
         rounds.append(row)
+    controls = [{"seed": seed, "eval": _headlines(f)} for seed in control_seeds(rt, ctx.seed)
+                if (f := ctx.round_dir(0) / f"control-seed-{seed}" / "eval" / "metrics.json").is_file()]
+    spread = {}
+    if controls:  # round 0 and its retrainings with other seeds: the noise a round has to exceed
+        for suite in REPORTED_SUITES:
+            rates = [e[suite]["rate"] for e in [rounds[0]["eval"]] + [c["eval"] for c in controls] if suite in e]
+            if rates:
+                spread[suite] = [min(rates), max(rates)]
+        for row in rounds[1:]:
+            if row.get("changed"):
+                row["outside_spread"] = {suite: not lo <= row["eval"][suite]["rate"] <= hi
+                                         for suite, (lo, hi) in spread.items() if suite in row["eval"]}
     out = ctx.run_dir / "redteam"
     summary = {"method": rt.method, "rounds": rt.rounds, "train_behaviors": rt.train_behaviors,
-               "eval_behaviors": rt.eval_behaviors, "attack": rt.attack, "per_round": rounds}
+               "eval_behaviors": rt.eval_behaviors, "attack": rt.attack, "per_round": rounds,
+               "retrain_controls": controls, "retrain_spread": spread}
     write_json(out / "summary.json", summary)
     write_text_atomic(out / "summary.md", _markdown(summary))
     print(_markdown(summary))
@@ -373,12 +413,23 @@ def _markdown(summary: dict) -> str:
              "Rates with 95% Wilson intervals (k/n); p: exact McNemar test against round 0 on the shared prompts "
              "(behaviors).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in summary["per_round"]:
+    controls = [{"round": f"0, seed {c['seed']} (control)", "eval": c["eval"], "control": True}
+                for c in summary.get("retrain_controls", [])]  # round 0's retrainings with other seeds
+    rows = summary["per_round"][:1] + controls + summary["per_round"][1:]
+    for row in rows:
         ev, vs = row.get("eval", {}), row.get("vs_round_0", {})
-        cells = [str(row["round"]) + ("" if row["round"] == 0 or row.get("changed") else " (unchanged)"),
+        cells = [str(row["round"]) + ("" if row["round"] == 0 or row.get("changed") or row.get("control")
+                                      else " (unchanged)"),
                  _fmt((row.get("heldout_attack") or {}).get("asr"), vs.get("heldout_attack")),
                  *[_fmt(ev.get(s), vs.get(s)) for s in REPORTED_SUITES],
                  _fmt((row.get("attack_train") or {}).get("asr")), str(row.get("sft_added", "-")),
                  str(row.get("cost_seconds", "-"))]
         lines.append("| " + " | ".join(cells) + " |")
+    if summary.get("retrain_spread"):
+        lines += ["", "Retraining spread (round 0 and its controls: the same data, other seeds): " + ", ".join(
+            f"{_COLUMNS[s]} {lo:.2f}-{hi:.2f}" for s, (lo, hi) in summary["retrain_spread"].items()) + "."]
+        for row in summary["per_round"]:
+            if row.get("outside_spread") is not None:
+                outside = [_COLUMNS[s] for s, o in row["outside_spread"].items() if o]
+                lines.append(f"Round {row['round']} outside it: {', '.join(outside) or 'nothing'}.")
     return "\n".join(lines) + "\n"

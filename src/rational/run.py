@@ -280,7 +280,7 @@ def _pipeline(cfg: RunConfig, recipe: Recipe, run_dir: Path) -> Path:
         clear_outputs(run_dir, [*STAGES, "run.json", "run_config.yaml"])
     # Red-team loop (redteam.py): its stages follow the report when the recipe's redteam: section asks for rounds.
     rt_cfg = recipe.build(RedteamConfig, "redteam")
-    stages += stage_names(rt_cfg)
+    stages += stage_names(rt_cfg, cfg.seed)
     runner = Runner(run_dir, stages, cfg.stage_estimates)
     data_dir, gen_dir = run_dir / "data", run_dir / "generate"
 
