@@ -69,12 +69,11 @@ def main() -> None:
                 outs = gen.generate(chats[:n], params, progress=False)
                 dt = time.perf_counter() - t0
                 toks = sum(o.completions[0].num_tokens for o in outs)
-                texts[(dtype, engine, bs)] = [o.completions[0].text for o in outs]
-                same = texts.get((dtype, "fast", bs)) if engine != "fast" else None
+                got = texts[(dtype, engine, bs)] = [o.completions[0].text for o in outs]
+                fast = texts.get((dtype, "fast", bs)) if engine != "fast" else None  # greedy: should be the same
                 rows.append({"dtype": dtype, "engine": engine, "batch_size": bs, "prompts": n, "tokens": toks,
                              "seconds": round(dt, 2), "tok_per_s": round(toks / dt, 1),
-                             "same_as_fast": None if same is None else sum(a == b for a, b in zip(same, texts[
-                                 (dtype, engine, bs)]))})
+                             "same_as_fast": None if fast is None else sum(map(str.__eq__, fast, got))})
                 print(json.dumps(rows[-1]), flush=True)
             del gen
             if torch.cuda.is_available():

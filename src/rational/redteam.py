@@ -136,10 +136,9 @@ def run_redteam(rt: RedteamConfig, recipe: Recipe, runner, ctx: RunContext, over
         runner.run("redteam/round-0/attack-heldout", lambda d: _attack(configs["redteam/round-0/attack-heldout"]),
                    configs["redteam/round-0/attack-heldout"])
     for seed in control_seeds(rt, ctx.seed):
-        name = f"redteam/round-0/control-seed-{seed}"
-        runner.run(f"{name}/train", lambda d, n=name: _cost(run_train, configs[f"{n}/train"])[1],
-                   configs[f"{name}/train"])
-        runner.run(f"{name}/eval", lambda d, n=name: _cost(run_eval, configs[f"{n}/eval"])[1], configs[f"{name}/eval"])
+        for step, fn in (("train", run_train), ("eval", run_eval)):
+            cfg = configs[f"redteam/round-0/control-seed-{seed}/{step}"]
+            runner.run(f"redteam/round-0/control-seed-{seed}/{step}", lambda d, fn=fn, cfg=cfg: _cost(fn, cfg)[1], cfg)
     for r in range(1, rt.rounds + 1):
         name = f"redteam/round-{r}"
         runner.run(f"{name}/attack-train", lambda d, r=r: _attack_train(configs[f"redteam/round-{r}/attack-train"],
@@ -206,20 +205,26 @@ def _configs(rt: RedteamConfig, recipe: Recipe, ctx: RunContext, train_file: Pat
                   "dtype": ctx.dtype}
         return recipe.build(AttackConfig, "attack", values)
 
+    def retrain(d: Path, data: Path, train_seed: int, label: str) -> tuple[TrainConfig, EvalConfig]:
+        """Train from the base model on `data` into d/train, then evaluate that adapter on the held-out prompts."""
+        train = recipe.build(TrainConfig, "train", {
+            "seed": train_seed, "model": ctx.model, "data": str(data), "out": str(d / "train"), "dtype": ctx.dtype,
+            "resume": (d / "train" / "checkpoints").is_dir() or None})
+        evaluation = recipe.build(EvalConfig, "eval", {
+            **shared, "model": ctx.model, "adapter": str(d / "train" / "adapter"), "out": str(d / "eval"),
+            "prompts": str(ctx.eval_prompts), "suites": [], "name": label, "backend": ctx.backend,
+            "dtype": ctx.dtype, "exclude_train": str(data)})
+        return train, evaluation
+
     configs: dict[str, Any] = {}
     n_heldout = rt.eval_behaviors
     if n_heldout:
         configs["redteam/round-0/attack-heldout"] = attack(ctx.round_dir(0) / "attack-heldout", heldout_file,
                                                            _adapter(ctx, 0), n_heldout, ctx.seed)
     for seed in control_seeds(rt, ctx.seed):
-        d, name = ctx.round_dir(0) / f"control-seed-{seed}", f"redteam/round-0/control-seed-{seed}"
-        configs[f"{name}/train"] = recipe.build(TrainConfig, "train", {
-            "seed": seed, "model": ctx.model, "data": str(ctx.base_sft), "out": str(d / "train"), "dtype": ctx.dtype,
-            "resume": (d / "train" / "checkpoints").is_dir() or None})
-        configs[f"{name}/eval"] = recipe.build(EvalConfig, "eval", {
-            **shared, "model": ctx.model, "adapter": str(d / "train" / "adapter"), "out": str(d / "eval"),
-            "prompts": str(ctx.eval_prompts), "suites": [], "name": f"rational-seed-{seed}", "backend": ctx.backend,
-            "dtype": ctx.dtype, "exclude_train": str(ctx.base_sft)})
+        name = f"redteam/round-0/control-seed-{seed}"
+        configs[f"{name}/train"], configs[f"{name}/eval"] = retrain(
+            ctx.round_dir(0) / f"control-seed-{seed}", ctx.base_sft, seed, f"rational-seed-{seed}")
     for r in range(1, rt.rounds + 1):
         d, name = ctx.round_dir(r), f"redteam/round-{r}"
         previous = ctx.round_dir(r - 1) / "train" / "adapter" if r > 1 else _adapter(ctx, 0)
@@ -229,13 +234,8 @@ def _configs(rt: RedteamConfig, recipe: Recipe, ctx: RunContext, train_file: Pat
             **shared, "model": ctx.model, "out": str(d / "generate"), "pools": [str(d / "attack-train" /
                                                                                     "successes.jsonl")],
             "mutations": [], "mutations_per_prompt": 0, "limit": None, "exclude": [str(ctx.eval_prompts)]})
-        configs[f"{name}/train"] = recipe.build(TrainConfig, "train", {
-            **shared, "model": ctx.model, "data": str(_combined_sft(ctx, r)), "out": str(d / "train"),
-            "dtype": ctx.dtype, "resume": (d / "train" / "checkpoints").is_dir() or None})
-        configs[f"{name}/eval"] = recipe.build(EvalConfig, "eval", {
-            **shared, "model": ctx.model, "adapter": str(d / "train" / "adapter"), "out": str(d / "eval"),
-            "prompts": str(ctx.eval_prompts), "suites": [], "name": f"redteam-round-{r}", "backend": ctx.backend,
-            "dtype": ctx.dtype, "exclude_train": str(_combined_sft(ctx, r))})
+        configs[f"{name}/train"], configs[f"{name}/eval"] = retrain(d, _combined_sft(ctx, r), ctx.seed,
+                                                                    f"redteam-round-{r}")
         if n_heldout:
             configs[f"{name}/attack-heldout"] = attack(d / "attack-heldout", heldout_file, d / "train" / "adapter",
                                                        n_heldout, ctx.seed)

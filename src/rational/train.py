@@ -952,28 +952,28 @@ def accelerate_launch_args(cfg: TrainConfig, config_yaml: Path) -> list[str]:
     if cfg.num_processes and gpus and cfg.num_processes > gpus:
         raise UserError(f"--num-processes {cfg.num_processes} but this machine has {gpus} visible GPU(s): one "
                         f"process per GPU, so pass --num-processes {gpus} or fewer (CUDA_VISIBLE_DEVICES picks them)")
+    conf = yaml.safe_load(profile.read_text()) or {}
     n = cfg.num_processes
     if not n:  # the profile's count (ddp/fsdp2/zero3 say 8), at most the GPUs this machine has; 1 on a CPU
-        wanted = int((yaml.safe_load(profile.read_text()) or {}).get("num_processes", 1))
+        wanted = int(conf.get("num_processes", 1))
         n = min(wanted, gpus) if gpus else 1
         if n < wanted:
             print(f"[rational] {profile.name} asks for {wanted} processes; launching {n} (--num-processes to choose)")
     args += ["--num_processes", str(n)]
     if n != 1:
-        args += _rendezvous_port_args(profile)
+        args += _rendezvous_port_args(conf)
     # No CUDA: the DDP profile still launches with torchrun; each rank then joins a gloo group because the
     # training arguments set use_cpu. (`accelerate launch --cpu` alone starts a single process in accelerate 1.x.)
     return args + ["-m", "rational.cli", "train", "--config", str(config_yaml)]
 
 
-def _rendezvous_port_args(profile: Path) -> list[str]:
+def _rendezvous_port_args(conf: dict) -> list[str]:
     """A free local port for a one-machine launch whose profile names none.
 
     accelerate's default (29500) is shared by every job on the machine: a second run, or a rank left over from a
     killed one, makes the new ranks wait on someone else's rendezvous. Multi-machine profiles and profiles that
     set `main_process_port` are left as they are.
     """
-    conf = yaml.safe_load(profile.read_text()) or {}
     if conf.get("main_process_port") or int(conf.get("num_machines", 1)) != 1:
         return []
     with socket.socket() as sock:
