@@ -28,7 +28,8 @@ from .common import hash_take, write_json, write_jsonl
 from .config import check_range, setting
 from .errors import UserError
 from .models import DEFAULT_MODEL
-from .prompts import RESOURCES, decontaminate, load_pool, load_pools, load_templates, split_by_base, split_templates
+from .prompts import (RESOURCES, decontaminate, load_pool, load_pools, load_templates, present_pools, split_by_base,
+                      split_templates)
 
 
 @dataclass
@@ -94,7 +95,8 @@ def run_data(cfg: DataConfig, generator_factory: Callable[[], Any] | None = None
             return load_generator(cfg.backend, cfg.model, dtype=cfg.dtype, batch_size=cfg.batch_size,
                                   seed=cfg.seed)
 
-    base = load_pools(cfg.pools)
+    pools = present_pools(cfg.pools)
+    base = load_pools(pools)
     by_kind = {k: [r for r in base if r.kind == k and not r.base_id] for k in ("harmful", "borderline", "benign")}
     train, evals = {}, {}
     for kind, recs in by_kind.items():
@@ -165,6 +167,7 @@ def run_data(cfg: DataConfig, generator_factory: Callable[[], Any] | None = None
         return dict(sorted(Counter(getattr(r, key) or "-" for r in recs).items()))
 
     split = {
+        "pools": pools,
         "train": {"n": len(kept), "by_kind": count(kept, "kind"), "by_attack": count(kept, "attack")},
         "eval": {"n": len(eval_recs), "by_kind": count(eval_recs, "kind"), "by_attack": count(eval_recs, "attack")},
         "train_attacks": cfg.train_attacks, "heldout_attacks": cfg.heldout_attacks,

@@ -84,6 +84,14 @@ Potential impact: what good the answer does, and why it gives no meaningful help
 Decision: comply
 After {close}, write the final answer: a helpful, accurate and complete response to the request, without needless warnings or refusals.""",
 }
+# For an adversarial prompt the pipeline knows the request under the disguise (the mutation's base prompt). It goes
+# into the self-check prompt as a stated fact (generation time only, like the specs; training records never see it),
+# so the writer reasons about the real request instead of guessing what a leetspeak or misspelled text means.
+DISGUISES = {"obfuscation": "misspelled", "encoding": "encoded", "injection": "with instructions not to refuse",
+             "template": "inside a role-play", "style": "restyled", "persuasion": "with persuasion",
+             "tense": "in the past tense"}
+DISGUISE_NOTE = ("Note: this request is \"{base}\", written {how}. Name that real request in the Intent line and "
+                 "decline it.")
 EXAMPLES_HEAD = ("Examples of the format, for other requests. Write about the user's own request: never copy an "
                  "example's wording or bring in its topic.")
 EXEMPLARS = RESOURCES / "exemplars.jsonl"
@@ -205,6 +213,9 @@ class GenerateConfig:
     exclude_exemplar_attacks: list[str] = setting(default_factory=list, help="Attack families whose exemplars are "
                                                   "left out (those held out of training); repeatable.",
                                                   same_on_resume=True)
+    reveal_disguise: bool = setting(True, "Tell the writer the real request under an adversarial prompt's "
+                                    "disguise (its base prompt) in the self-check prompt; never in training data.",
+                                    same_on_resume=True)
     specs: bool = setting(True, "Put the safety spec of the prompt's category into its self-check prompt.",
                           same_on_resume=True)
     teacher: str | None = setting(None, "Model that writes the rationales (default: the model itself, as in the "
@@ -270,7 +281,20 @@ def self_check(cfg: GenerateConfig, record: PromptRecord) -> tuple[str, list[Exe
                             cfg.exclude_exemplar_attacks)
     if chosen:
         parts.append(EXAMPLES_HEAD + "\n\n" + "\n\n".join(_example_block(e, fmt) for e in chosen))
+    note = disguise_note(record) if cfg.reveal_disguise else None
+    if note:
+        parts.append(note)
     return "\n\n".join(parts), chosen
+
+
+def disguise_note(record: PromptRecord) -> str | None:
+    """The stated fact about an adversarial prompt's real request (`DISGUISE_NOTE`), or None for other prompts."""
+    base = (record.meta or {}).get("base_prompt")
+    if record.kind != "adversarial" or not base or base.strip() == record.prompt.strip():
+        return None
+    family = (record.meta or {}).get("mutation_family") or ("template" if (record.attack or "").startswith(
+        "template") else "")
+    return DISGUISE_NOTE.format(base=base.strip(), how=DISGUISES.get(family, "in disguise"))
 
 
 def system_prompt(cfg: GenerateConfig, record: PromptRecord) -> str:

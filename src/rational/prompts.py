@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -295,9 +296,31 @@ def load_pool(spec: str, limit: int | None = None) -> list[PromptRecord]:
     return balanced_take(recs, limit)
 
 
+def present_pools(specs: Iterable[str]) -> list[str]:
+    """The pool specs to load: `name?` is an optional pool, used when its data is here (a public source with the
+    public data folder present, or an existing file) and otherwise left out with a notice on stderr."""
+    out = []
+    for spec in map(str, specs):
+        if not spec.endswith("?"):
+            out.append(spec)
+            continue
+        name = spec[:-1]
+        root = data_root()
+        here = (root is not None and root.is_dir()) if name in NAMED else \
+            name in SEED_SPECS or name.startswith("hub:") or Path(name).expanduser().exists()
+        if here:
+            out.append(name)
+        else:
+            print(f"[rational] optional pool '{name}' is not here (public data folder or file missing): left out",
+                  file=sys.stderr)
+    return out
+
+
 def load_pools(specs: Iterable[str], limit: int | None = None) -> list[PromptRecord]:
-    """Several pools, concatenated; duplicate ids across pools are an error (they would clash on resume)."""
+    """Several pools, concatenated (`name?` = optional, see `present_pools`); duplicate ids across pools are an
+    error (they would clash on resume)."""
     out, seen = [], {}
+    specs = present_pools(specs)
     for spec in specs:
         for r in load_pool(spec):
             if r.id in seen:

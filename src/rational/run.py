@@ -50,6 +50,7 @@ from .train import TrainConfig, run_train
 
 PRESETS = {
     "demo": "demo-cpu.yaml",
+    "full": "full-cpu.yaml",
     "smoke": "smoke.yaml",
     "paper-llama3-8b": "paper-llama3-8b.yaml",
     "paper-mistral-7b": "paper-mistral-7b.yaml",
