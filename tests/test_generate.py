@@ -411,3 +411,86 @@ def test_assess_applies_the_quality_checks_and_prefers_the_plain_answer():
     refused_plain = assess("borderline", sunset, comply + "Expose for the sky at golden hour for a sunset photo.",
                            "stop", judge, fmt, 20, 20, plain_answer="I'm sorry, I can't help with that.")
     assert refused_plain["accepted"] and refused_plain["answer_source"] == "sample"
+
+
+class RetainGenerator(FakeGenerator):
+    """Plain prompts (no system turn) get a plain answer: right for even-numbered math prompts, wrong for odd ones,
+    a refusal for one everyday task, a cut-off text for another."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.answers = {r.prompt: r.answer for r in pool}
+        self.plain_calls = 0
+
+    def generate(self, chats, params, progress=True, desc=""):
+        if chats[0][0]["role"] == "system":
+            return super().generate(chats, params, progress, desc)
+        self.plain_calls += 1
+        outs = []
+        for chat in chats:
+            q = chat[-1]["content"]
+            ref = self.answers.get(q)
+            if ref is not None:
+                n = int(hashlib.sha256(q.encode()).hexdigest(), 16)
+                text, finish = f"Step by step, the numbers give {ref if n % 2 == 0 else int(ref) + 1} in total.", "stop"
+            elif "haiku" in q:
+                text, finish = "I can't help with that request, sorry about it.", "stop"
+            elif "HTTP status" in q:
+                text, finish = "It means the server could not find the page you asked for and", "length"
+            else:
+                text, finish = f"The key points for '{q}' are these three, each explained in turn.", "stop"
+            outs.append(GenerationOutput([Completion(text, len(text.split()), finish)]))
+        return outs
+
+
+def test_retain_set_plain_answers_checked_and_exported_without_reasoning(tmp_path):
+    from rational.generate import RETAIN_POOL
+    from rational.train import load_records, mix_decisions
+
+    pool = read_records(RETAIN_POOL)
+    assert len(pool) >= 50 and {r.kind for r in pool} == {"benign"} and sum(r.answer is not None for r in pool) >= 30
+    cfg = cfg_for(tmp_path, retain=60, min_answer_chars=20)
+    gen = RetainGenerator(pool)
+    sft_path = run_generate(cfg, generator=gen, judge=FakeJudge(), progress=False)
+    rows = read_jsonl(sft_path.parent / "retain.jsonl")
+    by_id = {r["id"]: r for r in rows}
+    assert len(rows) == 60
+    for p in pool:
+        r = by_id[p.id]
+        if p.answer is not None:  # a math answer is kept only when it matches the reference
+            assert r["accepted"] == (str(p.answer) in r["text"].split()), r
+            assert r["accepted"] or r["reason"] == "wrong_answer"
+        elif "haiku" in p.prompt:
+            assert r["reason"] == "refused"
+        elif "HTTP status" in p.prompt:
+            assert r["reason"] == "truncated"  # no whole sentence left of a cut-off answer
+        else:
+            assert r["accepted"]
+    sft = read_jsonl(sft_path)
+    retain = [r for r in sft if r["meta"].get("retain")]
+    assert len(retain) == sum(r["accepted"] for r in rows) > 10
+    assert all("<think>" not in r["completion"][0]["content"] for r in retain)
+    stats = json.loads((sft_path.parent / "stats.json").read_text())
+    assert stats["retain"]["accepted"] == len(retain) and stats["retain"]["rejection_reasons"]["wrong_answer"] > 0
+    # Training reads them without the reasoning check and never repeats them when balancing decisions.
+    records, kinds = load_records(sft_path)
+    assert kinds.count("retain") == len(retain)
+    mixed, mixed_kinds, _ = mix_decisions(records, kinds, 0.5, 0)
+    assert mixed_kinds.count("retain") == len(retain)
+    from rational.train import TrainConfig, prepare_records  # refusal-sft trains on the same retain answers
+    base = prepare_records(TrainConfig(model="x", data=str(sft_path), out=str(tmp_path / "t"), baseline="refusal-sft"))
+    assert base.kinds.count("retain") == len(retain)
+    assert {r["completion"][-1]["content"] for r, k in zip(base.records, base.kinds) if k == "retain"} == \
+        {r["completion"][0]["content"] for r in retain}
+    # Resume: the answers are reused, not asked again.
+    calls = gen.plain_calls
+    (sft_path.parent / "sft.jsonl").unlink()
+    run_generate(cfg, generator=gen, judge=FakeJudge(), progress=False)
+    assert gen.plain_calls == calls and read_jsonl(sft_path) == sft
+
+
+def test_retain_set_too_small_is_one_line_error(tmp_path):
+    from rational.errors import UserError
+
+    with pytest.raises(UserError, match="retain = 500 .* only 60"):
+        run_generate(cfg_for(tmp_path, retain=500), generator=FakeGenerator(), judge=FakeJudge(), progress=False)

@@ -97,6 +97,23 @@ def test_named_source_needs_data_root(monkeypatch, tmp_path):
         load_pool("advbench")
 
 
+def test_optional_pools_are_left_out_with_a_notice_when_absent(monkeypatch, tmp_path, capsys):
+    from rational.prompts import present_pools
+
+    monkeypatch.setenv("RATIONAL_DATA", str(tmp_path / "nowhere"))
+    f = tmp_path / "mine.jsonl"
+    f.write_text('{"prompt": "How do I bake bread?", "kind": "benign"}\n')
+    specs = ["seed:benign", "advbench?", f"{f}?", str(tmp_path / "missing.jsonl") + "?"]
+    assert present_pools(specs) == ["seed:benign", str(f)]
+    err = capsys.readouterr().err
+    assert "optional pool 'advbench' is not here" in err and "missing.jsonl" in err
+    assert len(load_pools(specs)) == 100 + 1
+    with pytest.raises(UserError, match="RATIONAL_DATA"):  # not optional: still an error
+        load_pools(["seed", "advbench"])
+    monkeypatch.setenv("RATIONAL_DATA", str(tmp_path))  # the folder exists: the public pool is used (and must load)
+    assert present_pools(["advbench?"]) == ["advbench"]
+
+
 def test_public_sources(shared_data, monkeypatch):
     monkeypatch.setenv("RATIONAL_DATA", str(shared_data))
     expect = {"advbench": 520, "harmbench": 80, "jbb-harmful": 100, "jbb-benign": 100, "xstest-safe": 250,

@@ -61,7 +61,7 @@ from .judges import get_judge
 from .models import DEFAULT_MODEL
 from .mutations import assign_mutations, get_mutations, mutate_pairs
 from .prompts import RESOURCES, PromptRecord, decontaminate, load_pool, load_pools, load_templates, read_records
-from .quality import Exemplar, check_rationale, quality_score
+from .quality import Exemplar, check_rationale, meta_answer, quality_score
 from .reasoning import SECTIONS, ReasoningFormat, extract_decision, format_output, has_all_sections, parse_output
 
 # Kinds that get the rejection self-check; the others get the compliance self-check.
@@ -243,6 +243,11 @@ class GenerateConfig:
     plain_answers: bool = setting(True, "Answer benign prompts with the model's own plain answer (asked without "
                                   "the self-check prompt) when it passes the checks; also the facts check.",
                                   same_on_resume=True)
+    retain: int = setting(0, "Retain set: plain answers (no reasoning) of this many clearly benign prompts from "
+                          "retain_pool, added to sft.jsonl so training keeps the model's everyday answers (math "
+                          "answers must match their reference).", same_on_resume=True)
+    retain_pool: str = setting("retain", "Prompts of the retain set: 'retain' (the packaged own set) or a file/pool; "
+                               "decontaminated against --exclude.", same_on_resume=True)
     overwrite: bool = setting(False, "Delete what OUT holds and start over (otherwise a run resumes, and a folder "
                               "made with other settings is refused).")
 
@@ -256,6 +261,7 @@ class GenerateConfig:
         check_range(self, "temperature", 0)
         check_range(self, "top_p", 0, 1, lo_open=True)
         check_range(self, "exemplars_per_prompt", 0)
+        check_range(self, "retain", 0)
 
     @property
     def writer(self) -> str:
@@ -498,7 +504,7 @@ def _chunk_seed(seed: int, attempt: int, chunk: int) -> int:
 
 
 # Everything `generate` writes into OUT (removed by --overwrite, or when a first try left no candidates).
-OUTPUTS = ("prompts.jsonl", "prompts_info.json", "candidates.jsonl", "plain_answers.jsonl", "sft.jsonl",
+OUTPUTS = ("prompts.jsonl", "prompts_info.json", "candidates.jsonl", "plain_answers.jsonl", "retain.jsonl", "sft.jsonl",
            "stats.json", "config.yaml", "provenance.json")
 
 
@@ -640,9 +646,13 @@ def _generate(cfg: GenerateConfig, out: Path, generator, judge, progress: bool) 
 
     candidates = read_jsonl(cand_path)
     _check_judge_failures(candidates, judge, cand_path)
-    sft = export_sft(prompts, candidates, cfg.keep_per_prompt)
+    retain = retain_set(cfg, gen, judge, out / "retain.jsonl") if cfg.retain else []
+    sft = export_sft(prompts, candidates, cfg.keep_per_prompt) + export_retain(retain)
     sft_path = write_jsonl(out / "sft.jsonl", sft)
     stats = compute_stats(cfg, prompts, candidates, sft, info, time.perf_counter() - start, resumed)
+    if cfg.retain:
+        stats["retain"] = {"prompts": len(retain), "accepted": sum(r["accepted"] for r in retain),
+                           "rejection_reasons": dict(Counter(r["reason"] for r in retain if not r["accepted"]))}
     write_json(out / "stats.json", stats)
     return sft_path
 
@@ -669,6 +679,67 @@ def _whole_sentences(text: str) -> str:
     text = text.strip()
     cut = max(text.rfind(". "), text.rfind(".\n"), text.rfind("!\n"), text.rfind("?\n"), text.rfind("\n\n"))
     return text[: cut + 1].strip() if cut >= len(text) // 2 else ""
+
+
+RETAIN_POOL = RESOURCES / "retain_prompts.jsonl"
+
+
+def retain_set(cfg: GenerateConfig, gen, judge, path: Path) -> list[dict]:
+    """The retain set: the writer's own plain answers (greedy, no self-check prompt) to `cfg.retain` clearly benign
+    prompts, each kept when it is complete, not a refusal, not a non-answer and, for a question with a reference
+    answer, correct. Clearly benign requests need no safety reasoning (the paper's capability concern; EASE's
+    selective reasoning), and training on the model's own answers keeps its everyday skills. Rows are appended to
+    `path` as they are made, so a resumed run reuses them."""
+    from .eval import exact_match  # the capability metric's own number matching
+
+    pool = load_pool(str(RETAIN_POOL) if cfg.retain_pool == "retain" else cfg.retain_pool)
+    pool = [r for r in pool if r.kind == "benign"]
+    eval_recs = [r for spec in cfg.exclude for r in load_pool(spec)]
+    if eval_recs:
+        pool, _ = decontaminate(pool, eval_recs, cfg.decontam_ngram, cfg.decontam_threshold)
+    chosen = hash_take(pool, cfg.retain, cfg.seed)
+    if len(chosen) < cfg.retain:
+        raise UserError(f"generate.retain = {cfg.retain} but the retain pool '{cfg.retain_pool}' has only "
+                        f"{len(chosen)} benign prompts after decontamination; lower retain or pass a larger pool")
+    rows = {r["id"]: r for r in read_jsonl(path, partial_last_line_ok=True)} if path.is_file() else {}
+    todo = [p for p in chosen if p.id not in rows or rows[p.id]["reason"] == "unjudged"]
+    if todo:
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
+        outputs = gen().generate([[{"role": "user", "content": p.prompt}] for p in todo], params, progress=False)
+        texts = [o.completions[0].text.strip() if o.completions[0].finish_reason == "stop"
+                 else _whole_sentences(o.completions[0].text) for o in outputs]
+        judge.prefetch([(p.prompt, t) for p, t in zip(todo, texts) if t])
+        writer = _Appender(path)
+        try:
+            for p, o, text in zip(todo, outputs, texts):
+                reason = None
+                if len(text) < cfg.min_answer_chars:
+                    reason = "truncated" if o.completions[0].finish_reason != "stop" else "too_short"
+                elif p.answer is not None and not exact_match(text, p.answer):
+                    reason = "wrong_answer"
+                elif meta_answer(text):
+                    reason = "meta_answer"
+                else:
+                    refused = _judge_refused(judge, p.prompt, text)[1]
+                    reason = "refused" if refused else ("unjudged" if refused is None else None)
+                row = {"id": p.id, "prompt": p.prompt, "category": p.category, "source": p.source, "text": text,
+                       "finish_reason": o.completions[0].finish_reason, "accepted": reason is None,
+                       "reason": reason}
+                writer.write(row)
+                rows[p.id] = row
+        finally:
+            writer.close()
+    return [rows[p.id] for p in chosen]
+
+
+def export_retain(rows: list[dict]) -> list[dict]:
+    """Accepted retain answers as sft.jsonl records: the plain answer, no reasoning block (meta.retain = true)."""
+    return [{"prompt": [{"role": "user", "content": r["prompt"]}],
+             "completion": [{"role": "assistant", "content": r["text"]}],
+             "meta": {"id": r["id"], "kind": "benign", "category": r["category"], "source": r["source"],
+                      "attack": None, "base_id": r["id"], "template": None, "retain": True, "decision": "comply",
+                      "answer_source": "plain"}}
+            for r in rows if r["accepted"]]
 
 
 def _rejudge(candidates: list[dict], prompts: dict[str, PromptRecord], cfg: GenerateConfig, judge,

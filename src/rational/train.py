@@ -306,14 +306,16 @@ def load_records(path: str | Path, check_reasoning: bool = True,
                             "prompt (the reasoning must not depend on it), so remove it")
         if completion[-1]["role"] != "assistant":
             raise UserError(f"{where}: the completion must end with an assistant message")
-        if check_reasoning:
+        meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+        retain = meta.get("retain") is True  # a retain-set record: a plain answer, no reasoning by design
+        if check_reasoning and not retain:
             parsed = parse_output(completion[-1]["content"], fmt)
             if not parsed.well_formed:
                 raise UserError(
                     f"{where}: completion has malformed reasoning ({parsed.status}); it must be "
                     f"'{fmt.open_tag} reasoning {fmt.close_tag} answer' with both parts non-empty")
-        meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
-        kinds.append(str(meta.get("kind") or "unknown"))
+        # Retain records count on neither decision side (mix_decisions never repeats them).
+        kinds.append("retain" if retain else str(meta.get("kind") or "unknown"))
         records.append({"prompt": prompt, "completion": completion})
     if not records:
         raise UserError(f"{path}: the dataset is empty; run `rational generate` first or pass another file")
