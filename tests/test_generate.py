@@ -435,6 +435,8 @@ class RetainGenerator(FakeGenerator):
                 text, finish = f"Step by step, the numbers give {ref if n % 2 == 0 else int(ref) + 1} in total.", "stop"
             elif "haiku" in q:
                 text, finish = "I can't help with that request, sorry about it.", "stop"
+            elif "JavaScript" in q:
+                text, finish = "How can I reverse a string in JavaScript?", "stop"
             elif "HTTP status" in q:
                 text, finish = "It means the server could not find the page you asked for and", "length"
             else:
@@ -462,6 +464,8 @@ def test_retain_set_plain_answers_checked_and_exported_without_reasoning(tmp_pat
             assert r["accepted"] or r["reason"] == "wrong_answer"
         elif "haiku" in p.prompt:
             assert r["reason"] == "refused"
+        elif "JavaScript" in p.prompt:
+            assert r["reason"] == "non_answer"  # restates the request
         elif "HTTP status" in p.prompt:
             assert r["reason"] == "truncated"  # no whole sentence left of a cut-off answer
         else:

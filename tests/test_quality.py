@@ -145,3 +145,15 @@ def test_quality_score_prefers_covering_the_request():
     good, off = GOOD["reasoned refusal with a safe alternative"], BAD["refusal about the exemplar's topic (anthrax -> phishing)"]
     assert quality_score(good["prompt"], None, good["reasoning"], good["answer"]) > \
         quality_score(good["prompt"], None, off["reasoning"], off["answer"])
+
+
+def test_echoes_prompt():
+    from rational.quality import echoes_prompt
+
+    q = "A runner jogs 5 laps of a 400 metre track every day for 5 days. How many metres does she run in total?"
+    assert echoes_prompt("How do I reverse a string in JavaScript?", "How can I reverse a string in JavaScript?")
+    assert echoes_prompt(q, "How many metres does she run in total over the 5 days?")
+    assert echoes_prompt(q, "She runs 10000 metres in total.") is None  # a new number is an answer
+    assert echoes_prompt("What is 2+2?", "4") is None
+    assert echoes_prompt("How do I reverse a string in JavaScript?",
+                         "Use split, reverse and join: s.split('').reverse().join('').") is None

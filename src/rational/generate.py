@@ -61,7 +61,7 @@ from .judges import get_judge
 from .models import DEFAULT_MODEL
 from .mutations import assign_mutations, get_mutations, mutate_pairs
 from .prompts import RESOURCES, PromptRecord, decontaminate, load_pool, load_pools, load_templates, read_records
-from .quality import Exemplar, check_rationale, meta_answer, quality_score
+from .quality import Exemplar, check_rationale, echoes_prompt, meta_answer, quality_score
 from .reasoning import SECTIONS, ReasoningFormat, extract_decision, format_output, has_all_sections, parse_output
 
 # Kinds that get the rejection self-check; the others get the compliance self-check.
@@ -517,7 +517,9 @@ def _prepare_out(cfg: GenerateConfig, out: Path) -> bool:
     if cfg.overwrite:
         clear_outputs(out, OUTPUTS)
     inputs = input_hashes([*cfg.pools, *cfg.exclude, cfg.templates])
-    diff = resume_difference(out, cfg, inputs)
+    # Folders written before these settings existed behaved like these values.
+    diff = resume_difference(out, cfg, inputs,
+                             added_later={"reveal_disguise": False, "retain": 0, "retain_pool": "retain"})
     has_work = (out / "candidates.jsonl").is_file() and (out / "candidates.jsonl").stat().st_size > 0
     if diff and has_work:
         raise UserError(f"{out}: holds a generate run with different '{diff.key}' ({diff.text}); use the same "
@@ -717,11 +719,10 @@ def retain_set(cfg: GenerateConfig, gen, judge, path: Path) -> list[dict]:
                     reason = "truncated" if o.completions[0].finish_reason != "stop" else "too_short"
                 elif p.answer is not None and not exact_match(text, p.answer):
                     reason = "wrong_answer"
-                elif meta_answer(text):
-                    reason = "meta_answer"
                 else:
                     refused = _judge_refused(judge, p.prompt, text)[1]
-                    reason = "refused" if refused else ("unjudged" if refused is None else None)
+                    reason = "refused" if refused else "unjudged" if refused is None else \
+                        "non_answer" if meta_answer(text) or echoes_prompt(p.prompt, text) else None
                 row = {"id": p.id, "prompt": p.prompt, "category": p.category, "source": p.source, "text": text,
                        "finish_reason": o.completions[0].finish_reason, "accepted": reason is None,
                        "reason": reason}

@@ -183,6 +183,17 @@ def meta_answer(answer: str) -> str | None:
     return None
 
 
+def echoes_prompt(prompt: str, answer: str) -> str | None:
+    """An answer that only restates the request ("How can I reverse a string in JavaScript?") is not an answer:
+    short (under twice the request's length) and adding almost no content word of its own."""
+    words = stems(answer)
+    if set(re.findall(r"\d+", answer)) - set(re.findall(r"\d+", prompt)):
+        return None  # a number the request does not hold is an answer ("She runs 10000 metres.", "4")
+    if words and len(answer.strip()) < 2 * len(prompt.strip()) and len(words - stems(prompt)) <= 1:
+        return "echo: the answer restates the request"
+    return None
+
+
 def check_rationale(decision: str, prompt: str, base_prompt: str | None, reasoning: str, answer: str,
                     exemplars: Iterable[Exemplar] = (), plain_answer: str | None = None) -> list[str]:
     """Every rubric failure the automatic checks find in one well-formed rationale (empty list = passes), each
