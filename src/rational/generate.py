@@ -303,6 +303,12 @@ def disguise_note(record: PromptRecord) -> str | None:
     return DISGUISE_NOTE.format(base=base.strip(), how=DISGUISES.get(family, "in disguise"))
 
 
+def prompt_text(system: str) -> str:
+    """Everything the writer was told besides the request (a self-check system text and the answer nudges): what
+    the instruction-copy check compares a sample with."""
+    return "\n".join([system, *ANSWER_NUDGE.values()])
+
+
 def system_prompt(cfg: GenerateConfig, record: PromptRecord) -> str:
     return self_check(cfg, record)[0]
 
@@ -434,7 +440,8 @@ def _judge_refused(judge, prompt: str, answer: str) -> tuple[dict | None, bool |
 
 def assess(kind: str, prompt: str, text: str, finish_reason: str, judge, fmt: ReasoningFormat,
            min_reasoning_chars: int, min_answer_chars: int = 0, *, base_prompt: str | None = None,
-           exemplars: list[Exemplar] | tuple = (), plain_answer: str | None = None, quality: bool = True) -> dict:
+           exemplars: list[Exemplar] | tuple = (), plain_answer: str | None = None, quality: bool = True,
+           instructions: str = "") -> dict:
     """Normalise, parse, judge and check one sample; returns the candidate fields incl. `accepted` and `reason`.
 
     Structure first (well-formed, all four sections, the decision the prompt's kind needs), then the answer: the
@@ -474,7 +481,7 @@ def assess(kind: str, prompt: str, text: str, finish_reason: str, judge, fmt: Re
     for source, answer in answers:
         verdict, refused = _judge_refused(judge, prompt, answer)
         problems = check_rationale(decision, prompt, base_prompt, parsed.reasoning, answer, exemplars,
-                                   None if rejecting else plain_answer) if quality else []
+                                   None if rejecting else plain_answer, instructions) if quality else []
         if refused is None:
             reason = "unjudged"
         elif rejecting and not refused:
@@ -637,7 +644,8 @@ def _generate(cfg: GenerateConfig, out: Path, generator, judge, progress: bool) 
                         c.update(assess(p.kind, p.prompt, text, comp.finish_reason, judge, fmt,
                                         cfg.min_reasoning_chars, cfg.min_answer_chars,
                                         base_prompt=p.meta.get("base_prompt"), exemplars=checks[i][1],
-                                        plain_answer=plain.get(p.id), quality=cfg.quality_checks),
+                                        plain_answer=plain.get(p.id), quality=cfg.quality_checks,
+                                        instructions=prompt_text(checks[i][0])),
                                  exemplars=[e.id for e in checks[i][1]])
                         writer.write(c)
                         done[(p.id, attempt)].append(c)
@@ -753,7 +761,8 @@ def _rejudge(candidates: list[dict], prompts: dict[str, PromptRecord], cfg: Gene
         c.update(assess(p.kind, p.prompt, c.get("raw") or c["text"], c["finish_reason"], judge, fmt,
                         cfg.min_reasoning_chars, cfg.min_answer_chars, base_prompt=p.meta.get("base_prompt"),
                         exemplars=[pool[e] for e in c.get("exemplars", []) if e in pool],
-                        plain_answer=plain.get(p.id), quality=cfg.quality_checks))
+                        plain_answer=plain.get(p.id), quality=cfg.quality_checks,
+                        instructions=prompt_text(self_check(cfg, p)[0])))
     return len(redo)
 
 
