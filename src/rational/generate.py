@@ -57,6 +57,7 @@ from .common import (
 )
 from .config import check_range, record_provenance, resume_difference, setting
 from .errors import UserError
+from .eval import exact_match  # the capability metric's number matching, for the retain set's word problems
 from .judges import get_judge
 from .models import DEFAULT_MODEL
 from .mutations import assign_mutations, get_mutations, mutate_pairs
@@ -700,8 +701,6 @@ def retain_set(cfg: GenerateConfig, gen, judge, path: Path) -> list[dict]:
     answer, correct. Clearly benign requests need no safety reasoning (the paper's capability concern; EASE's
     selective reasoning), and training on the model's own answers keeps its everyday skills. Rows are appended to
     `path` as they are made, so a resumed run reuses them."""
-    from .eval import exact_match  # the capability metric's own number matching
-
     pool = load_pool(str(RETAIN_POOL) if cfg.retain_pool == "retain" else cfg.retain_pool)
     pool = [r for r in pool if r.kind == "benign"]
     eval_recs = [r for spec in cfg.exclude for r in load_pool(spec)]
