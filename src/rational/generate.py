@@ -675,13 +675,18 @@ def _plain_answers(gen, prompts: list[PromptRecord], plain: dict[str, str], writ
     todo = [p for p in prompts if p.id not in plain]
     if not todo:
         return
-    params = SamplingParams(max_new_tokens=cfg.answer_max_new_tokens or cfg.max_new_tokens, temperature=0.0)
-    outputs = gen().generate([[{"role": "user", "content": p.prompt}] for p in todo], params, progress=False)
-    for p, o in zip(todo, outputs):
-        c = o.completions[0]
-        text = c.text.strip() if c.finish_reason == "stop" else _whole_sentences(c.text)
+    for p, (text, c) in zip(todo, ask_plainly(gen, todo, cfg.answer_max_new_tokens or cfg.max_new_tokens)):
         plain[p.id] = text
         writer.write({"id": p.id, "text": text, "finish_reason": c.finish_reason, "num_tokens": c.num_tokens})
+
+
+def ask_plainly(gen, prompts: list[PromptRecord], max_new_tokens: int) -> list[tuple[str, Any]]:
+    """The writer's greedy answers to the bare requests (no system prompt): (text, completion) per prompt, a
+    cut-off answer kept up to its last whole sentence."""
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    outputs = gen().generate([[{"role": "user", "content": p.prompt}] for p in prompts], params, progress=False)
+    return [(c.text.strip() if c.finish_reason == "stop" else _whole_sentences(c.text), c)
+            for c in (o.completions[0] for o in outputs)]
 
 
 def _whole_sentences(text: str) -> str:
@@ -713,17 +718,14 @@ def retain_set(cfg: GenerateConfig, gen, judge, path: Path) -> list[dict]:
     rows = {r["id"]: r for r in read_jsonl(path, partial_last_line_ok=True)} if path.is_file() else {}
     todo = [p for p in chosen if p.id not in rows or rows[p.id]["reason"] == "unjudged"]
     if todo:
-        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
-        outputs = gen().generate([[{"role": "user", "content": p.prompt}] for p in todo], params, progress=False)
-        texts = [o.completions[0].text.strip() if o.completions[0].finish_reason == "stop"
-                 else _whole_sentences(o.completions[0].text) for o in outputs]
-        judge.prefetch([(p.prompt, t) for p, t in zip(todo, texts) if t])
+        answers = ask_plainly(gen, todo, cfg.max_new_tokens)
+        judge.prefetch([(p.prompt, t) for p, (t, _) in zip(todo, answers) if t])
         writer = _Appender(path)
         try:
-            for p, o, text in zip(todo, outputs, texts):
+            for p, (text, c) in zip(todo, answers):
                 reason = None
                 if len(text) < cfg.min_answer_chars:
-                    reason = "truncated" if o.completions[0].finish_reason != "stop" else "too_short"
+                    reason = "truncated" if c.finish_reason != "stop" else "too_short"
                 elif p.answer is not None and not exact_match(text, p.answer):
                     reason = "wrong_answer"
                 else:
@@ -731,7 +733,7 @@ def retain_set(cfg: GenerateConfig, gen, judge, path: Path) -> list[dict]:
                     reason = "refused" if refused else "unjudged" if refused is None else \
                         "non_answer" if meta_answer(text) or echoes_prompt(p.prompt, text) else None
                 row = {"id": p.id, "prompt": p.prompt, "category": p.category, "source": p.source, "text": text,
-                       "finish_reason": o.completions[0].finish_reason, "accepted": reason is None,
+                       "finish_reason": c.finish_reason, "accepted": reason is None,
                        "reason": reason}
                 writer.write(row)
                 rows[p.id] = row
