@@ -8,7 +8,10 @@ import pytest
 
 from rational.backends import Completion, GenerationOutput
 from rational.common import read_jsonl
-from rational.generate import GenerateConfig, assess, normalise_output, run_generate
+from dataclasses import replace
+
+from rational.common import write_jsonl
+from rational.generate import GenerateConfig, assess, export_sft, normalise_output, run_generate
 from rational.judges import RefusalKeywordJudge, Verdict
 from rational.prompts import PromptRecord, read_records
 from rational.reasoning import ReasoningFormat, parse_output
@@ -275,6 +278,39 @@ def test_resume_equals_uninterrupted(tmp_path, how):
     gen = FakeGenerator()
     run_generate(cfg, generator=gen, judge=FakeJudge(), progress=False)
     assert gen.calls == 0 and _snapshot(tmp_path / "int") == _snapshot(tmp_path / "ref")
+
+
+def test_resume_assesses_again_what_other_checks_judged(tmp_path):
+    from rational.generate import checks_version
+
+    ref = run_generate(cfg_for(tmp_path, out=str(tmp_path / "ref")), generator=FakeGenerator(), judge=FakeJudge(),
+                       progress=False).parent
+    cfg = cfg_for(tmp_path, out=str(tmp_path / "old"))
+    out = run_generate(cfg, generator=FakeGenerator(), judge=FakeJudge(), progress=False).parent
+    rows = read_jsonl(out / "candidates.jsonl")
+    assert {r["checks"] for r in rows} == {checks_version()}
+    # Candidates written by other checks (here: every one accepted): assessed again, text kept, nothing generated.
+    write_jsonl(out / "candidates.jsonl", [r | {"checks": "0ld", "accepted": True, "reason": None} for r in rows])
+    gen, judge = FakeGenerator(), FakeJudge()
+    run_generate(cfg, generator=gen, judge=judge, progress=False)
+    assert gen.calls == 0 and judge.calls > 0 and _snapshot(out) == _snapshot(ref)
+    # Candidates of the current checks are not judged again.
+    judge = FakeJudge()
+    run_generate(cfg, generator=FakeGenerator(), judge=judge, progress=False)
+    assert judge.calls == 0
+
+
+def test_resume_may_change_retries_and_kept_samples(tmp_path):
+    cfg = cfg_for(tmp_path, n_samples=1, max_retries=2)
+    out = run_generate(cfg, generator=FakeGenerator(), judge=FakeJudge(), progress=False).parent
+    cands = read_jsonl(out / "candidates.jsonl")
+    assert max(c["attempt"] for c in cands) > 0
+    gen = FakeGenerator()
+    run_generate(replace(cfg, max_retries=0, keep_per_prompt=2), generator=gen, judge=FakeJudge(), progress=False)
+    assert gen.calls == 0 and read_jsonl(out / "candidates.jsonl") == cands  # kept on disk
+    assert any(c["accepted"] for c in cands if c["attempt"] > 0)
+    first = [c for c in cands if c["attempt"] == 0]
+    assert read_jsonl(out / "sft.jsonl") == export_sft(read_records(out / "prompts.jsonl"), first, 2)
 
 
 def test_resume_with_different_args_is_refused(tmp_path):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import inspect
 import re
 import time
 from collections import Counter, defaultdict
@@ -62,6 +63,7 @@ from .judges import get_judge
 from .models import DEFAULT_MODEL
 from .mutations import assign_mutations, get_mutations, mutate_pairs
 from .prompts import RESOURCES, PromptRecord, decontaminate, load_pool, load_pools, load_templates, read_records
+from . import quality as _quality, reasoning as _reasoning  # their source is part of checks_version()
 from .quality import Exemplar, check_rationale, echoes_prompt, meta_answer, quality_score
 from .reasoning import SECTIONS, ReasoningFormat, extract_decision, format_output, has_all_sections, parse_output
 
@@ -190,8 +192,10 @@ class GenerateConfig:
     template_families: list[str] | None = setting(None, "Restrict the templates used here to these families "
                                                   "(hold the others out for eval); repeatable.", same_on_resume=True)
     n_samples: int = setting(1, "Samples per prompt and attempt.", same_on_resume=True)
-    max_retries: int = setting(2, "Extra attempts for prompts with no accepted sample.", same_on_resume=True)
-    keep_per_prompt: int = setting(1, "Accepted samples exported per prompt.", same_on_resume=True)
+    max_retries: int = setting(2, "Extra attempts for prompts with no accepted sample (may change on resume: an "
+                               "attempt's samples do not depend on it; attempts beyond it are not exported).")
+    keep_per_prompt: int = setting(1, "Accepted samples exported per prompt, best first (may change on resume: "
+                                   "export only).")
     max_new_tokens: int = setting(384, "Token budget per sample.", same_on_resume=True)
     temperature: float = setting(0.7, "Sampling temperature.", same_on_resume=True)
     top_p: float = setting(0.95, "Nucleus sampling mass.", same_on_resume=True)
@@ -596,8 +600,8 @@ def _generate(cfg: GenerateConfig, out: Path, generator, judge, progress: bool) 
     done: dict[tuple[str, int], list[dict]] = defaultdict(list)
     if cand_path.is_file():
         earlier = read_jsonl(cand_path, partial_last_line_ok=True)
-        if _rejudge(earlier, {p.id: p for p in prompts}, cfg, judge, fmt, plain):
-            write_jsonl(cand_path, earlier)  # candidates the judge could not score last time, scored now
+        if _reassess(earlier, {p.id: p for p in prompts}, cfg, judge, fmt, plain):
+            write_jsonl(cand_path, earlier)  # unscored last time, or made under other checks: assessed now
         for c in earlier:
             done[(c["id"], c["attempt"])].append(c)
     writer = _Appender(cand_path)
@@ -647,7 +651,7 @@ def _generate(cfg: GenerateConfig, out: Path, generator, judge, progress: bool) 
                                         base_prompt=p.meta.get("base_prompt"), exemplars=checks[i][1],
                                         plain_answer=plain.get(p.id), quality=cfg.quality_checks,
                                         instructions=prompt_text(checks[i][0])),
-                                 exemplars=[e.id for e in checks[i][1]])
+                                 exemplars=[e.id for e in checks[i][1]], checks=checks_version())
                         writer.write(c)
                         done[(p.id, attempt)].append(c)
     finally:
@@ -655,7 +659,8 @@ def _generate(cfg: GenerateConfig, out: Path, generator, judge, progress: bool) 
         if plain_writer is not None:
             plain_writer.close()
 
-    candidates = read_jsonl(cand_path)
+    # Attempts beyond max_retries (from an earlier run of this folder with more) are kept on disk, not used.
+    candidates = [c for c in read_jsonl(cand_path) if int(c["attempt"]) <= cfg.max_retries]
     _check_judge_failures(candidates, judge, cand_path)
     retain = retain_set(cfg, gen, judge, out / "retain.jsonl") if cfg.retain else []
     sft = export_sft(prompts, candidates, cfg.keep_per_prompt) + export_retain(retain)
@@ -752,18 +757,34 @@ def export_retain(rows: list[dict]) -> list[dict]:
             for r in rows if r["accepted"]]
 
 
-def _rejudge(candidates: list[dict], prompts: dict[str, PromptRecord], cfg: GenerateConfig, judge,
-             fmt: ReasoningFormat, plain: dict[str, str]) -> int:
-    """Score again, in place, the candidates a judge could not score in an earlier run; returns how many."""
+@lru_cache(maxsize=1)
+def checks_version() -> str:
+    """A digest of the code that accepts or rejects a sample (quality.py, reasoning.py, `assess` and
+    `normalise_output`), stored with every candidate: a resumed run assesses earlier candidates again when the
+    checks changed since they were written, so one folder never mixes two versions of the bar."""
+    src = "".join(inspect.getsource(o) for o in (_quality, _reasoning, assess, normalise_output))
+    return hashlib.sha256(src.encode()).hexdigest()[:12]
+
+
+def _reassess(candidates: list[dict], prompts: dict[str, PromptRecord], cfg: GenerateConfig, judge,
+              fmt: ReasoningFormat, plain: dict[str, str]) -> int:
+    """Assess again, in place, the earlier candidates that the judge could not score or that other checks
+    (`checks_version`) accepted or rejected; their text is kept. Returns how many."""
     pool = {e.id: e for e in load_exemplars(cfg.exemplars)}
-    redo = [c for c in candidates if c.get("reason") == "unjudged" and c["id"] in prompts]
-    for c in redo:
-        p = prompts[c["id"]]
-        c.update(assess(p.kind, p.prompt, c.get("raw") or c["text"], c["finish_reason"], judge, fmt,
-                        cfg.min_reasoning_chars, cfg.min_answer_chars, base_prompt=p.meta.get("base_prompt"),
-                        exemplars=[pool[e] for e in c.get("exemplars", []) if e in pool],
-                        plain_answer=plain.get(p.id), quality=cfg.quality_checks,
-                        instructions=prompt_text(self_check(cfg, p)[0])))
+    redo = [c for c in candidates if c["id"] in prompts and
+            (c.get("reason") == "unjudged" or c.get("checks") != checks_version())]
+    step = max(cfg.batch_size, 64)
+    for i in range(0, len(redo), step):
+        part = redo[i : i + step]
+        judge.prefetch([pair for c in part for pair in answers_to_judge(
+            prompts[c["id"]].kind, prompts[c["id"]].prompt, c.get("raw") or c["text"], fmt, plain.get(c["id"]))])
+        for c in part:
+            p = prompts[c["id"]]
+            c.update(assess(p.kind, p.prompt, c.get("raw") or c["text"], c["finish_reason"], judge, fmt,
+                            cfg.min_reasoning_chars, cfg.min_answer_chars, base_prompt=p.meta.get("base_prompt"),
+                            exemplars=[pool[e] for e in c.get("exemplars", []) if e in pool],
+                            plain_answer=plain.get(p.id), quality=cfg.quality_checks,
+                            instructions=prompt_text(self_check(cfg, p)[0])), checks=checks_version())
     return len(redo)
 
 
