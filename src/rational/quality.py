@@ -84,7 +84,9 @@ class Exemplar:
 _OFFER = re.compile(r"\b(i can (explain|tell|show|describe|give|provide|share|walk you|help you)|"
                     r"i(?:'ll| will) (?:do my best to |gladly )?(?:help|assist) you|i could "
                     r"(explain|tell|show|give|provide)|if you (need|want|would like)[^.!?]{0,40}\b(assistance|help|"
-                    r"details|information|instructions)\b|feel free to ask|let me know if you)[^.!?]*", re.I)
+                    r"details|information|instructions)\b|feel free to ask|let me know if you|"
+                    # "... or you can sell it yourself": the refused act handed back to the user
+                    r"you (?:can|could) [^.!?]{0,40}\byourself\b)[^.!?]*", re.I)
 _SAFE_TURN = stems("recognise recognize spot detect report protect prevent avoid safety safely secure defend "
                    "warning signs support crisis helpline hotline counsellor counselor therapist doctor emergency "
                    "legal lawful legally licensed history historical alternative resources professional treatment")
