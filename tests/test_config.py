@@ -99,8 +99,10 @@ def test_old_flag_spellings_work_with_a_deprecation_line(tmp_path):
 
 def test_resume_keys_come_from_field_metadata():
     keys = set(resume_keys(GenerateConfig))
-    # Everything that changes the generated data must match on resume; only where it goes and how it runs may not.
-    assert {f.name for f in dataclasses.fields(GenerateConfig)} - keys == {"out", "backend", "dtype", "overwrite"}
+    # Everything that changes the generated samples must match on resume; only where it goes, how it runs, how many
+    # attempts are made (an attempt's samples do not depend on it) and how many are exported may not.
+    assert {f.name for f in dataclasses.fields(GenerateConfig)} - keys == {"out", "backend", "dtype", "overwrite",
+                                                                           "max_retries", "keep_per_prompt"}
     assert {"model", "learning_rate", "lora_alpha", "data"} <= set(resume_keys(TrainConfig))
 
 
