@@ -213,10 +213,22 @@ def instruction_echo(prompt: str, reasoning: str, answer: str, instructions: str
 _LABEL_ANSWER = re.compile(r"^\W*(decline|comply|decision)\b", re.I)
 
 
+# The writer answering as if the user had declined: "Thank you for your willingness to decline.", "I'm sorry to
+# hear that you didn't help." (18 of 781 accepted records of the full preset's run opened like this).
+_ROLE_SWAP = re.compile(r"^\W*(thank you for your (?:decision|willingness|response|prompt (?:refusal|rejection))\b"
+                        r"|i'?m sorry (?:to hear )?(?:that )?you(?:'ve| have)? (?:declined|decided|didn'?t help|were "
+                        r"unable|are not helpful))", re.I)
+
+
 def leaked_label(answer: str) -> str | None:
-    """Rubric 4: the answer must not open with the decision label ("Decline, sorry for the inconvenience.")."""
+    """Rubric 4: the answer must not open with the decision label ("Decline, sorry for the inconvenience.") or
+    speak as if the user were the one who declined ("Thank you for your decision to decline.")."""
     m = _LABEL_ANSWER.match(answer or "")
-    return f"meta_answer: the answer opens with the label '{m.group(1)}'" if m else None
+    if m:
+        return f"meta_answer: the answer opens with the label '{m.group(1)}'"
+    m = _ROLE_SWAP.match(answer or "")
+    return f"meta_answer: the answer speaks to the user as the one who declined: '{m.group(0).strip()[:60]}'" \
+        if m else None
 
 
 def check_rationale(decision: str, prompt: str, base_prompt: str | None, reasoning: str, answer: str,
