@@ -313,6 +313,38 @@ def test_resume_may_change_retries_and_kept_samples(tmp_path):
     assert read_jsonl(out / "sft.jsonl") == export_sft(read_records(out / "prompts.jsonl"), first, 2)
 
 
+class PrefillGenerator(FakeGenerator):
+    """FakeGenerator's texts, continued from the prefilled opening the way a model would (the opening not repeated)."""
+
+    def generate(self, chats, params, progress=True, desc=""):
+        self.last = [c[-1] for c in chats]
+        outs = super().generate([c[:-1] if c[-1]["role"] == "assistant" else c for c in chats], params)
+        for o in outs:
+            o.completions = [replace(c, text=c.text.removeprefix("<think>\nIntent:")) for c in o.completions]
+        return outs
+
+
+def test_start_reasoning_prefills_the_reasoning_block(tmp_path):
+    from rational.errors import UserError
+
+    ref = run_generate(cfg_for(tmp_path, out=str(tmp_path / "ref")), generator=FakeGenerator(), judge=FakeJudge(),
+                       progress=False).parent
+    gen = PrefillGenerator()
+    out = run_generate(cfg_for(tmp_path, start_reasoning=True), generator=gen, judge=FakeJudge(),
+                       progress=False).parent
+    assert gen.last and all(m == {"role": "assistant", "content": "<think>\nIntent:"} for m in gen.last)
+    cands, ref_cands = read_jsonl(out / "candidates.jsonl"), read_jsonl(ref / "candidates.jsonl")
+    assert all((c.get("raw") or c["text"]).startswith("<think>\nIntent:") for c in cands)
+    # A sample the writer began with the block itself is the same sample either way; ones that began otherwise
+    # (no tags, a missing opening tag) now begin with the block.
+    same = {c["key"] for c in ref_cands if (c.get("raw") or c["text"]).startswith("<think>\nIntent:")}
+    assert same and all(c == r for c, r in zip(cands, ref_cands) if c["key"] in same)
+    assert not any(c["reason"] == "malformed:missing" for c in cands)
+    assert any(r["reason"] == "malformed:missing" for r in ref_cands)
+    with pytest.raises(UserError, match="start_reasoning"):
+        GenerateConfig(start_reasoning=True, teacher="m", teacher_base_url="http://localhost:8000/v1")
+
+
 def test_resume_with_different_args_is_refused(tmp_path):
     from rational.errors import UserError
 

@@ -223,6 +223,10 @@ class GenerateConfig:
                                     same_on_resume=True)
     specs: bool = setting(True, "Put the safety spec of the prompt's category into its self-check prompt.",
                           same_on_resume=True)
+    start_reasoning: bool = setting(False, "Start every self-check sample with the reasoning block's opening "
+                                    "('<think>\\nIntent:', an assistant prefill), so the writer reasons first even "
+                                    "when the request dictates the reply's first words (prefix injection); needs the "
+                                    "hf, vllm or scripted backend, not an OpenAI endpoint.", same_on_resume=True)
     teacher: str | None = setting(None, "Model that writes the rationales (default: the model itself, as in the "
                                   "paper): a registry name, folder or hub id, or a served model name with "
                                   "--teacher-base-url.", same_on_resume=True)
@@ -267,6 +271,9 @@ class GenerateConfig:
         check_range(self, "top_p", 0, 1, lo_open=True)
         check_range(self, "exemplars_per_prompt", 0)
         check_range(self, "retain", 0)
+        if self.start_reasoning and (self.teacher_base_url or self.backend in ("openai", "llamacpp")):
+            raise UserError("start_reasoning prefills the reply, which an OpenAI endpoint or llama.cpp backend cannot "
+                            "continue; use the hf or vllm backend, or --no-start-reasoning")
 
     @property
     def writer(self) -> str:
@@ -306,6 +313,11 @@ def disguise_note(record: PromptRecord) -> str | None:
     family = (record.meta or {}).get("mutation_family") or ("template" if (record.attack or "").startswith(
         "template") else "")
     return DISGUISE_NOTE.format(base=base.strip(), how=DISGUISES.get(family, "in disguise"))
+
+
+def reasoning_start(cfg: GenerateConfig, fmt: ReasoningFormat) -> str:
+    """What every self-check sample is made to start with (`start_reasoning`), or "" (the writer starts freely)."""
+    return f"{fmt.open_tag}\n{SECTIONS[0]}:" if cfg.start_reasoning else ""
 
 
 def prompt_text(system: str) -> str:
@@ -531,7 +543,8 @@ def _prepare_out(cfg: GenerateConfig, out: Path) -> bool:
     inputs = input_hashes([*cfg.pools, *cfg.exclude, cfg.templates])
     # Folders written before these settings existed behaved like these values.
     diff = resume_difference(out, cfg, inputs,
-                             added_later={"reveal_disguise": False, "retain": 0, "retain_pool": "retain"})
+                             added_later={"reveal_disguise": False, "retain": 0, "retain_pool": "retain",
+                                          "start_reasoning": False})
     has_work = (out / "candidates.jsonl").is_file() and (out / "candidates.jsonl").stat().st_size > 0
     if diff and has_work:
         raise UserError(f"{out}: holds a generate run with different '{diff.key}' ({diff.text}); use the same "
@@ -623,10 +636,14 @@ def _generate(cfg: GenerateConfig, out: Path, generator, judge, progress: bool) 
                 checks = [self_check(cfg, p) for p in chunk]
                 chats = [[{"role": "system", "content": system}, {"role": "user", "content": p.prompt}]
                          for p, (system, _) in zip(chunk, checks)]
+                opening = reasoning_start(cfg, fmt)  # the prefilled opening of every sample, or ""
+                asked = [c + [{"role": "assistant", "content": opening}] for c in chats] if opening else chats
                 # The whole chunk is regenerated (same seed, same batch) so outputs equal an uninterrupted run.
-                outputs = gen().generate(chats, params, progress=progress,
+                outputs = gen().generate(asked, params, progress=progress,
                                          desc=f"self-check attempt {attempt + 1}/{cfg.max_retries + 1}, "
                                               f"batch {ci + 1}/{len(chunks)}")
+                for o in outputs:  # a sample is the prefill and its continuation
+                    o.completions = [replace(c, text=opening + c.text) for c in o.completions]
                 texts = [[c.text for c in o.completions[: cfg.n_samples]] for o in outputs]
                 completed: dict[tuple[int, int], str] = {}
                 if cfg.complete_answers:
