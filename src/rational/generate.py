@@ -32,9 +32,9 @@ interrupted chunk with the same seed, and ends with exactly the records of an un
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
-import inspect
 import re
 import time
 from collections import Counter, defaultdict
@@ -663,12 +663,8 @@ def _generate(cfg: GenerateConfig, out: Path, generator, judge, progress: bool) 
                              "system": "rejection" if p.kind in REJECT_KINDS else "compliance",
                              "seed": params.seed, "num_tokens": comp.num_tokens,
                              "finish_reason": comp.finish_reason, "answer_completed": (i, j) in completed}
-                        c.update(assess(p.kind, p.prompt, text, comp.finish_reason, judge, fmt,
-                                        cfg.min_reasoning_chars, cfg.min_answer_chars,
-                                        base_prompt=p.meta.get("base_prompt"), exemplars=checks[i][1],
-                                        plain_answer=plain.get(p.id), quality=cfg.quality_checks,
-                                        instructions=prompt_text(checks[i][0])),
-                                 exemplars=[e.id for e in checks[i][1]], checks=checks_version())
+                        c.update(_assess_sample(cfg, p, text, comp.finish_reason, judge, fmt, checks[i],
+                                                plain.get(p.id)))
                         writer.write(c)
                         done[(p.id, attempt)].append(c)
     finally:
@@ -774,6 +770,17 @@ def export_retain(rows: list[dict]) -> list[dict]:
             for r in rows if r["accepted"]]
 
 
+def _assess_sample(cfg: GenerateConfig, p: PromptRecord, text: str, finish_reason: str, judge,
+                   fmt: ReasoningFormat, check: tuple[str, list[Exemplar]], plain_answer: str | None) -> dict:
+    """`assess` one sample of prompt `p` written under `check` (its self-check system text and examples): the
+    candidate's verdict fields, the examples' ids and the checks' digest."""
+    system, exemplars = check
+    return {**assess(p.kind, p.prompt, text, finish_reason, judge, fmt, cfg.min_reasoning_chars,
+                     cfg.min_answer_chars, base_prompt=p.meta.get("base_prompt"), exemplars=exemplars,
+                     plain_answer=plain_answer, quality=cfg.quality_checks, instructions=prompt_text(system)),
+            "exemplars": [e.id for e in exemplars], "checks": checks_version()}
+
+
 @lru_cache(maxsize=1)
 def checks_version() -> str:
     """A digest of the code that accepts or rejects a sample (quality.py, reasoning.py, `assess` and
@@ -797,11 +804,10 @@ def _reassess(candidates: list[dict], prompts: dict[str, PromptRecord], cfg: Gen
             prompts[c["id"]].kind, prompts[c["id"]].prompt, c.get("raw") or c["text"], fmt, plain.get(c["id"]))])
         for c in part:
             p = prompts[c["id"]]
-            c.update(assess(p.kind, p.prompt, c.get("raw") or c["text"], c["finish_reason"], judge, fmt,
-                            cfg.min_reasoning_chars, cfg.min_answer_chars, base_prompt=p.meta.get("base_prompt"),
-                            exemplars=[pool[e] for e in c.get("exemplars", []) if e in pool],
-                            plain_answer=plain.get(p.id), quality=cfg.quality_checks,
-                            instructions=prompt_text(self_check(cfg, p)[0])), checks=checks_version())
+            system = self_check(cfg, p)[0]
+            c.update(_assess_sample(cfg, p, c.get("raw") or c["text"], c["finish_reason"], judge, fmt,
+                                    (system, [pool[e] for e in c.get("exemplars", []) if e in pool]),
+                                    plain.get(p.id)))
     return len(redo)
 
 
